@@ -1,0 +1,147 @@
+//! The dedup lifecycle of SPEC §5 as a pure decision, shared by the SQLite and DynamoDB ledgers
+//! so both hosts answer the same way.
+
+use std::time::Duration;
+
+use crate::model::{AlertStatus, Outcome};
+
+/// How long dedup records live and how long an in-flight (pending) record is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupConfig {
+    /// A record expires this long after it was written, even without a resolve (default 7 days).
+    pub ttl: Duration,
+    /// A pending record older than this is taken over by a retry (the writer died mid-way).
+    pub lease: Duration,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A stored dedup record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub incident_id: String,
+    /// True while the alert is being queued; false once it is queued.
+    pub pending: bool,
+    /// Unix millis when the pending lease runs out.
+    pub lease_until_ms: i64,
+    /// Unix millis after which the record no longer counts.
+    pub expires_at_ms: i64,
+}
+
+impl DedupRecord {
+    /// Whether the record still holds the key at `now_ms`.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        self.expires_at_ms > now_ms && !(self.pending && self.lease_until_ms <= now_ms)
+    }
+}
+
+/// What to do with one alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Open an incident: write the record (reusing `incident_id` when taking over a stale one)
+    /// and queue the alert.
+    Create { incident_id: String },
+    /// Answer with the open incident; write nothing.
+    Duplicate { incident_id: String },
+    /// Queue the resolve and release the key.
+    Resolve { incident_id: String },
+    /// Nothing to do (resolve without an open incident, or a state the product ignores).
+    Ignore,
+    /// A state change that is not an alert (acknowledge): nothing to do.
+    Acknowledge,
+}
+
+impl Decision {
+    /// The outcome reported to the sender and the incident it concerns.
+    pub fn outcome(&self) -> (Outcome, Option<&str>) {
+        match self {
+            Decision::Create { incident_id } => (Outcome::Created, Some(incident_id)),
+            Decision::Duplicate { incident_id } => (Outcome::Duplicate, Some(incident_id)),
+            Decision::Resolve { incident_id } => (Outcome::Resolved, Some(incident_id)),
+            Decision::Ignore => (Outcome::Ignored, None),
+            Decision::Acknowledge => (Outcome::Acknowledged, None),
+        }
+    }
+}
+
+/// Decides an alert's fate from the record stored under its key. `new_incident_id` is used when
+/// a new incident opens.
+pub fn decide(
+    existing: Option<&DedupRecord>,
+    status: AlertStatus,
+    now_ms: i64,
+    new_incident_id: impl FnOnce() -> String,
+) -> Decision {
+    let live = existing.filter(|r| r.is_live(now_ms));
+    match (status, live) {
+        (AlertStatus::Acknowledged, _) => Decision::Acknowledge,
+        (AlertStatus::Ignored, _) => Decision::Ignore,
+        (AlertStatus::Firing, Some(r)) => Decision::Duplicate {
+            incident_id: r.incident_id.clone(),
+        },
+        (AlertStatus::Firing, None) => Decision::Create {
+            // A stale pending record was never confirmed queued: the retry finishes its job under
+            // the same incident id, which the sender may already have been told.
+            incident_id: match existing {
+                Some(r) if r.pending && r.expires_at_ms > now_ms => r.incident_id.clone(),
+                _ => new_incident_id(),
+            },
+        },
+        (AlertStatus::Resolved, Some(r)) => Decision::Resolve {
+            incident_id: r.incident_id.clone(),
+        },
+        (AlertStatus::Resolved, None) => Decision::Ignore,
+    }
+}
+
+/// A new, time-ordered incident id.
+pub fn new_incident_id() -> String {
+    format!("inc_{}", uuid::Uuid::now_v7().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(pending: bool, lease: i64, exp: i64) -> DedupRecord {
+        DedupRecord {
+            incident_id: "inc_1".into(),
+            pending,
+            lease_until_ms: lease,
+            expires_at_ms: exp,
+        }
+    }
+
+    #[test]
+    fn lifecycle() {
+        let new = || "inc_new".to_owned();
+        use AlertStatus::*;
+        assert_eq!(decide(None, Firing, 0, new), Decision::Create { incident_id: "inc_new".into() });
+        let open = rec(false, 0, 100);
+        assert_eq!(decide(Some(&open), Firing, 50, new), Decision::Duplicate { incident_id: "inc_1".into() });
+        assert_eq!(decide(Some(&open), Resolved, 50, new), Decision::Resolve { incident_id: "inc_1".into() });
+        assert_eq!(decide(None, Resolved, 50, new), Decision::Ignore);
+        // Expired records release the key.
+        assert_eq!(decide(Some(&open), Firing, 100, new), Decision::Create { incident_id: "inc_new".into() });
+        assert_eq!(decide(Some(&open), Resolved, 100, new), Decision::Ignore);
+        // A live pending lease is a concurrent request in flight; a stale one is taken over.
+        let pending = rec(true, 10, 100);
+        assert_eq!(decide(Some(&pending), Firing, 5, new), Decision::Duplicate { incident_id: "inc_1".into() });
+        assert_eq!(decide(Some(&pending), Firing, 10, new), Decision::Create { incident_id: "inc_1".into() });
+        assert_eq!(decide(Some(&open), Acknowledged, 5, new), Decision::Acknowledge);
+    }
+
+    #[test]
+    fn incident_ids_sort_by_time() {
+        let a = new_incident_id();
+        let b = new_incident_id();
+        assert!(a < b && a.starts_with("inc_"));
+    }
+}

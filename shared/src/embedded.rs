@@ -1,0 +1,214 @@
+//! `causeflow serve`: the HTTP router, a triage worker and the agent-task delivery loop over one
+//! SQLite file. The CLI's `main` only parses flags and calls [`Embedded::open`] and
+//! [`Embedded::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::auth::IssuedKey;
+use crate::dedup::DedupConfig;
+use crate::error::StoreError;
+use crate::http::{router, AppState, RateLimit};
+use crate::sqlite::{Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue};
+use crate::triage::Triage;
+
+/// Settings of the one-machine host.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    pub db_path: PathBuf,
+    pub rate_limit: RateLimit,
+    pub dedup: DedupConfig,
+    /// Agent tasks are POSTed here when set (and always recorded in the database).
+    pub agent_webhook: Option<String>,
+    /// How long a received queue message stays hidden before it is redelivered.
+    pub visibility: Duration,
+}
+
+impl EmbeddedConfig {
+    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+        EmbeddedConfig {
+            db_path: db_path.into(),
+            rate_limit: RateLimit::default(),
+            dedup: DedupConfig::default(),
+            agent_webhook: None,
+            visibility: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The embedded adapters wired together.
+#[derive(Clone)]
+pub struct Embedded {
+    pub config: EmbeddedConfig,
+    pub db: Db,
+    pub directory: SqliteDirectory,
+    pub incidents: SqliteIncidents,
+    pub dispatcher: SqliteDispatcher,
+    pub queue: SqliteQueue,
+    pub state: Arc<AppState>,
+    pub triage: Triage,
+}
+
+/// Checks an agent webhook URL given on the command line.
+pub fn validate_agent_webhook(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("--agent-webhook {url:?}: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" if parsed.host().is_some() => Ok(()),
+        _ => Err(format!("--agent-webhook {url:?}: use an http:// or https:// URL")),
+    }
+}
+
+impl Embedded {
+    /// Opens the database and builds every adapter.
+    pub fn open(config: EmbeddedConfig) -> Result<Embedded, StoreError> {
+        let db = Db::open(&config.db_path)?;
+        let directory = SqliteDirectory::new(db.clone());
+        let incidents = SqliteIncidents::new(db.clone());
+        let dispatcher = SqliteDispatcher::new(db.clone());
+        let ledger = SqliteLedger::new(db.clone(), config.dedup);
+        let state = Arc::new(AppState::new(
+            Arc::new(directory.clone()),
+            Arc::new(ledger),
+            Arc::new(incidents.clone()),
+            config.rate_limit,
+        ));
+        let triage = Triage {
+            incidents: Arc::new(incidents.clone()),
+            directory: Arc::new(directory.clone()),
+            dispatcher: Arc::new(dispatcher.clone()),
+        };
+        Ok(Embedded {
+            queue: SqliteQueue::new(db.clone()),
+            config,
+            db,
+            directory,
+            incidents,
+            dispatcher,
+            state,
+            triage,
+        })
+    }
+
+    /// On an empty database, creates tenant `demo` with one key and returns it (shown once).
+    pub async fn bootstrap_demo(&self) -> Result<Option<IssuedKey>, StoreError> {
+        if !self.directory.is_empty().await? {
+            return Ok(None);
+        }
+        Ok(Some(self.directory.create_key("demo", "demo").await?))
+    }
+
+    /// Serves the API on `listener` and runs the workers until `shutdown` resolves; then stops
+    /// accepting, finishes in-flight requests and triage, and flushes the database.
+    pub async fn run(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let released = self.queue.release_in_flight().await.unwrap_or(0);
+        if released > 0 {
+            info!(released, "re-queued alerts left in flight by a previous process");
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let triage = tokio::spawn(self.clone().triage_loop(stop_rx.clone()));
+        let delivery = self
+            .config
+            .agent_webhook
+            .clone()
+            .map(|url| tokio::spawn(self.clone().delivery_loop(url, stop_rx.clone())));
+
+        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        info!(?addr, db = %self.config.db_path.display(), "causeflow serve listening");
+        let served = axum::serve(listener, router(self.state.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = triage.await;
+        if let Some(d) = delivery {
+            let _ = d.await;
+        }
+        self.db.close();
+        info!("stopped; everything acknowledged is on disk");
+        served
+    }
+
+    /// Receives queued alerts and triages them until told to stop.
+    async fn triage_loop(self, mut stop: watch::Receiver<bool>) {
+        let signals = self.db.signals();
+        let visibility_ms = self.config.visibility.as_millis() as i64;
+        while !*stop.borrow() {
+            match self.queue.receive(10, visibility_ms).await {
+                Ok(batch) if !batch.is_empty() => {
+                    let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
+                    let failed = self.triage.handle_batch(batch).await;
+                    let done: Vec<String> = ids.into_iter().filter(|i| !failed.contains(i)).collect();
+                    if let Err(e) = self.queue.ack(done).await {
+                        warn!(error = %e, "acking triaged alerts failed; they will be redelivered");
+                    }
+                    // Failed messages come back after a short backoff rather than the full timeout.
+                    if let Err(e) = self.queue.retry_later(failed, 1_000).await {
+                        warn!(error = %e, "could not schedule the retry of failed alerts");
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "receiving queued alerts failed"),
+            }
+            tokio::select! {
+                _ = signals.queued.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// POSTs recorded agent tasks to the agent webhook, retrying with backoff.
+    async fn delivery_loop(self, url: String, mut stop: watch::Receiver<bool>) {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot build the agent webhook client; tasks stay recorded only");
+                return;
+            }
+        };
+        let signals = self.db.signals();
+        while !*stop.borrow() {
+            let due = self.dispatcher.due(50).await.unwrap_or_else(|e| {
+                warn!(error = %e, "reading agent tasks failed");
+                Vec::new()
+            });
+            for row in due {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-causeflow-task-id", &row.task_id)
+                    .header("x-causeflow-agent", &row.agent)
+                    .body(row.body.clone())
+                    .send()
+                    .await;
+                let ok = matches!(&sent, Ok(r) if r.status().is_success());
+                if !ok {
+                    warn!(task = %row.task_id, agent = %row.agent, status = ?sent.as_ref().map(|r| r.status().as_u16()).ok(),
+                          "agent webhook delivery failed; will retry");
+                }
+                let backoff = 1_000i64 << row.attempts.clamp(0, 8);
+                if let Err(e) = self.dispatcher.record_attempt(&row.task_id, ok, backoff.min(300_000)).await {
+                    warn!(error = %e, "recording a delivery attempt failed");
+                }
+            }
+            tokio::select! {
+                _ = signals.dispatched.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The HTTP API (SPEC §2-§7): one axum `Router` served by `causeflow serve` with `axum::serve`
+//! and by the ingest Lambda with `lambda_http::run`.
+
+mod problem;
+mod ratelimit;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+pub use problem::ApiError;
+pub use ratelimit::{RateLimit, RateLimiter};
+
+use crate::auth::hash_api_key;
+use crate::model::IncidentStatus;
+use crate::ports::{AlertLedger, Directory, IncidentQuery, IncidentStore};
+
+/// Bodies above this are refused before parsing: SQS's message limit (SPEC §4).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Everything a request handler needs, built once per process.
+pub struct AppState {
+    pub directory: Arc<dyn Directory>,
+    pub ledger: Arc<dyn AlertLedger>,
+    pub incidents: Arc<dyn IncidentStore>,
+    pub limiter: RateLimiter,
+    pub max_body: usize,
+}
+
+impl AppState {
+    pub fn new(
+        directory: Arc<dyn Directory>,
+        ledger: Arc<dyn AlertLedger>,
+        incidents: Arc<dyn IncidentStore>,
+        rate_limit: RateLimit,
+    ) -> Self {
+        AppState {
+            directory,
+            ledger,
+            incidents,
+            limiter: RateLimiter::new(rate_limit),
+            max_body: MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/v1/webhooks/{tenant}/{provider}", post(webhook::handle))
+        .route("/v1/tenants/{tenant}/incidents", get(list_incidents))
+        .route("/v1/tenants/{tenant}/incidents/{incident}", get(get_incident))
+        .fallback(|| async {
+            ApiError::NotFound(
+                "No such route: webhooks go to POST /v1/webhooks/{tenantId}/{provider}, incidents \
+                 are read from GET /v1/tenants/{tenantId}/incidents."
+                    .into(),
+            )
+        })
+        .with_state(state)
+}
+
+/// Authenticates a read of `tenant`'s data by its `X-API-Key`.
+async fn authenticate_tenant(app: &AppState, headers: &HeaderMap, tenant: &str) -> Result<(), ApiError> {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ApiError::MissingApiKey("X-API-Key"))?;
+    match app.directory.key_by_hash(&hash_api_key(key.trim())).await? {
+        Some(k) if !k.revoked && k.tenant_id == tenant => Ok(()),
+        _ => Err(ApiError::InvalidApiKey),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list_incidents(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    authenticate_tenant(&app, &headers, &tenant).await?;
+    let Query(p) = params.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    let status = match p.status.as_deref() {
+        None | Some("") => None,
+        Some("open") => Some(IncidentStatus::Open),
+        Some("resolved") => Some(IncidentStatus::Resolved),
+        Some(other) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "status={other:?}: use status=open or status=resolved"
+            )))
+        }
+    };
+    let limit = match p.limit.as_deref() {
+        None | Some("") => 50,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n @ 1..=200) => n,
+            _ => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "limit={l:?}: use a whole number from 1 to 200"
+                )))
+            }
+        },
+    };
+    let query = IncidentQuery {
+        status,
+        limit,
+        cursor: p.cursor.filter(|c| !c.is_empty()),
+    };
+    let page = app.incidents.list(&tenant, &query).await?;
+    Ok(Json(page).into_response())
+}
+
+async fn get_incident(
+    State(app): State<Arc<AppState>>,
+    Path((tenant, incident)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate_tenant(&app, &headers, &tenant).await?;
+    match app.incidents.get(&tenant, &incident).await? {
+        Some(i) => Ok(Json(i).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "No incident {incident:?} for tenant {tenant:?}; incidents appear once triage has run (usually within a second)."
+        ))),
+    }
+}

@@ -1,0 +1,164 @@
+//! Every error answer of the API, and its one mapping to an HTTP status and an RFC 9457
+//! `application/problem+json` body with a stable `code` and a `detail` that says what to fix.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+use crate::error::StoreError;
+use crate::model::AlertResult;
+use crate::normalize::PayloadError;
+
+/// An error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the {0} header is missing")]
+    MissingApiKey(&'static str),
+    #[error("missing signature: {0}")]
+    MissingSignature(String),
+    #[error("invalid API key")]
+    InvalidApiKey,
+    #[error("signature mismatch: {0}")]
+    SignatureMismatch(String),
+    #[error("stale timestamp: {0}")]
+    StaleTimestamp(String),
+    #[error("unknown provider {0:?}")]
+    UnknownProvider(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    #[error("payload too large")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Every alert of the request duplicates an open incident (409).
+    #[error("duplicate")]
+    Duplicate { alerts: Vec<AlertResult> },
+}
+
+/// How long a sender should wait before retrying after a 503.
+const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
+impl From<PayloadError> for ApiError {
+    fn from(e: PayloadError) -> Self {
+        ApiError::InvalidPayload(format!("field `{}`: expected {}", e.field, e.expected))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(what),
+            // The details of a storage failure are logged, not shown to senders.
+            StoreError::Unavailable(_) | StoreError::Invalid(_) => ApiError::Unavailable(
+                "the alert store is temporarily unavailable; nothing was recorded, retry shortly"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl ApiError {
+    /// Status, stable code, short title and the detail for the body.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
+        use ApiError::*;
+        match self {
+            MissingApiKey(h) => (
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "Missing API key",
+                format!("The {h} header is missing: send the API key created with `causeflow keys create`."),
+            ),
+            MissingSignature(d) => (StatusCode::UNAUTHORIZED, "missing_signature", "Missing signature", d.clone()),
+            InvalidApiKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "Invalid API key",
+                "The API key is not valid for this tenant: check the key and the tenant id in the URL.".into(),
+            ),
+            SignatureMismatch(d) => (StatusCode::UNAUTHORIZED, "signature_mismatch", "Signature mismatch", d.clone()),
+            StaleTimestamp(d) => (StatusCode::UNAUTHORIZED, "stale_timestamp", "Stale timestamp", d.clone()),
+            UnknownProvider(p) => (
+                StatusCode::NOT_FOUND,
+                "unknown_provider",
+                "Unknown provider",
+                format!("Unknown provider {p:?}: use one of datadog, grafana, cloudwatch, sentry, generic."),
+            ),
+            NotFound(what) => (StatusCode::NOT_FOUND, "not_found", "Not found", what.clone()),
+            InvalidPayload(d) => (StatusCode::BAD_REQUEST, "invalid_payload", "Invalid payload", d.clone()),
+            PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                format!("The body is larger than {limit} bytes: send fewer alerts per request."),
+            ),
+            UnsupportedMediaType(ct) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                format!("Content-Type {ct:?} is not accepted: send the alert as JSON (Content-Type: application/json)."),
+            ),
+            InvalidQuery(d) => (StatusCode::BAD_REQUEST, "invalid_query", "Invalid query", d.clone()),
+            RateLimited { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Rate limited",
+                format!(
+                    "This tenant is over its request rate: retry after {} second(s).",
+                    retry_after.as_secs().max(1)
+                ),
+            ),
+            Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", d.clone()),
+            Duplicate { .. } => (
+                StatusCode::CONFLICT,
+                "duplicate",
+                "Duplicate alert",
+                "Every alert in this request duplicates an open incident; nothing new was created.".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, detail) = self.parts();
+        let mut body = json!({
+            "type": format!("urn:causeflow:problem:{code}"),
+            "title": title,
+            "status": status.as_u16(),
+            "code": code,
+            "detail": detail,
+        });
+        if let ApiError::Duplicate { alerts } = &self {
+            let ids: Vec<&str> = alerts.iter().filter_map(|a| a.incident_id.as_deref()).collect();
+            body["incidentIds"] = json!(ids);
+            body["alerts"] = json!(alerts);
+        }
+        let mut resp = (status, problem_json(body)).into_response();
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
+            ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+fn problem_json(body: Value) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))],
+        body.to_string(),
+    )
+}

@@ -1,0 +1,18 @@
+//! CauseFlow alert ingest, the library every host shares: the domain (providers, alerts,
+//! incidents), provider normalisers, authentication, the dedup lifecycle, triage policy, the
+//! ports storage/queue/dispatch sit behind, the HTTP router, and the embedded SQLite adapters.
+//!
+//! Hosts stay thin: `causeflow serve` wires [`embedded::Embedded`]; the Lambda functions wire
+//! the same [`http::router`] and [`triage::Triage`] to AWS adapters.
+
+pub mod auth;
+pub mod dedup;
+pub mod embedded;
+pub mod error;
+pub mod http;
+pub mod model;
+pub mod normalize;
+pub mod policy;
+pub mod ports;
+pub mod sqlite;
+pub mod triage;

@@ -1,0 +1,341 @@
+//! Domain types shared by every host: providers, severities, normalised alerts, incidents and
+//! dispatch tasks. Nothing here knows about HTTP, SQLite or AWS.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Titles longer than this many characters are cut (SPEC §2).
+pub const MAX_TITLE_CHARS: usize = 1024;
+
+/// A monitoring tool that can post to `/v1/webhooks/{tenant}/{provider}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Datadog,
+    Grafana,
+    Cloudwatch,
+    Sentry,
+    Generic,
+}
+
+impl Provider {
+    /// Every provider, in the order the docs list them.
+    pub const ALL: [Provider; 5] = [
+        Provider::Datadog,
+        Provider::Grafana,
+        Provider::Cloudwatch,
+        Provider::Sentry,
+        Provider::Generic,
+    ];
+
+    /// The path segment naming this provider.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Datadog => "datadog",
+            Provider::Grafana => "grafana",
+            Provider::Cloudwatch => "cloudwatch",
+            Provider::Sentry => "sentry",
+            Provider::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Provider {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or(())
+    }
+}
+
+/// Normalised severity (SPEC §6), most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    High,
+    Medium,
+    Low,
+    Info,
+}
+
+impl Severity {
+    /// Every severity, most severe first.
+    pub const ALL: [Severity; 5] = [
+        Severity::Critical,
+        Severity::High,
+        Severity::Medium,
+        Severity::Low,
+        Severity::Info,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+            Severity::Info => "info",
+        }
+    }
+
+    /// The shared vocabulary of Grafana labels and generic alerts (SPEC §6), case-insensitive.
+    pub fn from_label(s: &str) -> Option<Severity> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "critical" | "crit" | "p1" => Severity::Critical,
+            "high" | "error" | "major" | "p2" => Severity::High,
+            "warning" | "warn" | "medium" | "p3" => Severity::Medium,
+            "low" | "minor" | "p4" => Severity::Low,
+            "info" | "none" | "p5" => Severity::Info,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the sender says about the alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    /// The condition holds: open an incident unless one is open.
+    Firing,
+    /// The condition cleared: resolve the open incident.
+    Resolved,
+    /// A state change that is neither (OnCall acknowledge, CloudWatch INSUFFICIENT_DATA, Grafana
+    /// legacy `pending`): answered, never an incident.
+    Acknowledged,
+    /// A state the product ignores (Grafana legacy `paused`, `no_data`).
+    Ignored,
+}
+
+/// One alert as every provider's payload is normalised into (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub source_alert_id: String,
+    pub status: AlertStatus,
+    pub title: String,
+    /// True when `title` was cut to [`MAX_TITLE_CHARS`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub title_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub severity: Severity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// A sender's test notification: recorded, never dispatched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
+}
+
+impl Alert {
+    /// Sets the title, cutting it at a character boundary when it is too long.
+    pub fn set_title(&mut self, title: &str) {
+        match title.char_indices().nth(MAX_TITLE_CHARS) {
+            Some((cut, _)) => {
+                self.title = title[..cut].to_owned();
+                self.title_truncated = true;
+            }
+            None => {
+                self.title = title.to_owned();
+                self.title_truncated = false;
+            }
+        }
+    }
+
+    /// Fills `service` and `environment` from the tags where the payload did not name them.
+    pub fn derive_service_environment(&mut self) {
+        if self.service.is_none() {
+            self.service = non_empty(self.tags.get("service"));
+        }
+        if self.environment.is_none() {
+            self.environment =
+                non_empty(self.tags.get("env")).or_else(|| non_empty(self.tags.get("environment")));
+        }
+    }
+}
+
+fn non_empty(v: Option<&String>) -> Option<String> {
+    v.filter(|s| !s.is_empty()).cloned()
+}
+
+/// The identity of an alert across requests (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    pub tenant_id: String,
+    pub provider: Provider,
+    pub source_alert_id: String,
+}
+
+/// How one alert of a request was handled; echoed in the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Duplicate,
+    Resolved,
+    Ignored,
+    Acknowledged,
+}
+
+/// The per-alert answer of an ingest request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertResult {
+    pub source_alert_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident_id: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// What the ingest path hands to triage through the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedAlert {
+    pub tenant_id: String,
+    pub provider: Provider,
+    pub incident_id: String,
+    /// `Firing` opens the incident; `Resolved` resolves it.
+    pub alert: Alert,
+    /// RFC 3339 time the request was accepted.
+    pub received_at: String,
+}
+
+/// `open` or `resolved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentStatus {
+    Open,
+    Resolved,
+}
+
+impl IncidentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Open => "open",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// An incident as recorded by triage and read back through the API (SPEC §6, §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Incident {
+    pub tenant_id: String,
+    pub incident_id: String,
+    pub provider: Provider,
+    pub source_alert_id: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub title_truncated: bool,
+    pub message: Option<String>,
+    pub severity: Severity,
+    pub status: IncidentStatus,
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub links: Vec<String>,
+    pub test: bool,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub resolved_at: Option<String>,
+    /// Agents dispatched when the incident opened (empty for low/info and test incidents).
+    pub agents: Vec<String>,
+}
+
+/// `dispatch` starts an investigation; `cancel` stops one when the incident resolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Dispatch,
+    Cancel,
+}
+
+/// One message to one investigation agent (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchTask {
+    pub task_id: String,
+    pub kind: TaskKind,
+    pub incident_id: String,
+    pub tenant_id: String,
+    pub agent: String,
+    pub severity: Severity,
+    pub summary: AlertSummary,
+    pub dispatched_at: String,
+}
+
+/// What an agent needs to start looking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertSummary {
+    pub provider: Provider,
+    pub source_alert_id: String,
+    pub title: String,
+    pub service: Option<String>,
+    pub environment: Option<String>,
+    pub links: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_titles_are_cut_at_a_char_boundary() {
+        let mut a = sample();
+        let title: String = "é".repeat(MAX_TITLE_CHARS + 5);
+        a.set_title(&title);
+        assert!(a.title_truncated);
+        assert_eq!(a.title.chars().count(), MAX_TITLE_CHARS);
+        a.set_title("short");
+        assert!(!a.title_truncated);
+    }
+
+    #[test]
+    fn severity_vocabulary_is_case_insensitive() {
+        assert_eq!(Severity::from_label("CRIT"), Some(Severity::Critical));
+        assert_eq!(Severity::from_label("Major"), Some(Severity::High));
+        assert_eq!(Severity::from_label("p4"), Some(Severity::Low));
+        assert_eq!(Severity::from_label("urgent"), None);
+    }
+
+    fn sample() -> Alert {
+        Alert {
+            source_alert_id: "a".into(),
+            status: AlertStatus::Firing,
+            title: String::new(),
+            title_truncated: false,
+            message: None,
+            severity: Severity::High,
+            service: None,
+            environment: None,
+            tags: BTreeMap::new(),
+            links: vec![],
+            test: false,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Triage policy: which agents investigate an incident of a given severity (SPEC §6), and the
+//! per-tenant override of that table.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Provider, Severity};
+
+/// The agents SPEC §6 dispatches for `severity` on an alert from `provider`.
+pub fn default_agents(provider: Provider, severity: Severity) -> Vec<&'static str> {
+    let mut agents = match severity {
+        Severity::Critical => vec!["logs", "metrics", "traces", "deploys", "infrastructure"],
+        Severity::High => vec!["logs", "metrics", "deploys"],
+        // "logs (errors for sentry, metrics for cloudwatch)": the provider's own signal replaces logs.
+        Severity::Medium => match provider {
+            Provider::Sentry => vec!["errors"],
+            Provider::Cloudwatch => vec!["metrics"],
+            _ => vec!["logs"],
+        },
+        Severity::Low | Severity::Info => vec![],
+    };
+    match (severity, provider) {
+        (Severity::Critical | Severity::High, Provider::Sentry) => agents.push("errors"),
+        (Severity::High, Provider::Cloudwatch) => agents.push("infrastructure"),
+        _ => {}
+    }
+    agents
+}
+
+/// A tenant's replacement for the severity -> agents table. Severities it does not name keep the
+/// default row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentOverrides(pub BTreeMap<Severity, Vec<String>>);
+
+impl AgentOverrides {
+    /// The agents for an alert of this tenant: the override row where there is one, else SPEC §6.
+    pub fn agents_for(&self, provider: Provider, severity: Severity) -> Vec<String> {
+        match self.0.get(&severity) {
+            Some(agents) => agents.clone(),
+            None => default_agents(provider, severity)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+/// Agent names are used as SNS message attributes and in filter policies: keep them plain.
+pub fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_matches_spec() {
+        use Provider::*;
+        use Severity::*;
+        assert_eq!(
+            default_agents(Datadog, Critical),
+            ["logs", "metrics", "traces", "deploys", "infrastructure"]
+        );
+        assert_eq!(
+            default_agents(Sentry, Critical),
+            ["logs", "metrics", "traces", "deploys", "infrastructure", "errors"]
+        );
+        assert_eq!(default_agents(Sentry, High), ["logs", "metrics", "deploys", "errors"]);
+        assert_eq!(
+            default_agents(Cloudwatch, High),
+            ["logs", "metrics", "deploys", "infrastructure"]
+        );
+        assert_eq!(default_agents(Grafana, Medium), ["logs"]);
+        assert_eq!(default_agents(Sentry, Medium), ["errors"]);
+        assert_eq!(default_agents(Cloudwatch, Medium), ["metrics"]);
+        assert!(default_agents(Generic, Low).is_empty());
+        assert!(default_agents(Generic, Info).is_empty());
+    }
+
+    #[test]
+    fn overrides_replace_only_their_rows() {
+        let mut o = AgentOverrides::default();
+        o.0.insert(Severity::Low, vec!["logs".into()]);
+        assert_eq!(o.agents_for(Provider::Generic, Severity::Low), ["logs"]);
+        assert_eq!(o.agents_for(Provider::Generic, Severity::Medium), ["logs"]);
+        assert!(valid_agent_name("infra-2"));
+        assert!(!valid_agent_name("Logs"));
+    }
+}

@@ -1,0 +1,85 @@
+//! The narrow ports the domain talks through. Each has an embedded SQLite implementation (in
+//! `sqlite`) and an AWS one (DynamoDB, SQS, SNS); no storage SDK type crosses them.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::model::{Alert, AlertResult, DispatchTask, Incident, IncidentStatus, Provider};
+use crate::policy::AgentOverrides;
+
+/// An API key as the ingest path needs it. Secrets are present because HMAC needs them; the key
+/// itself is only known by its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// The current webhook secret first, then the previous one while a rotation is in progress.
+    pub webhook_secrets: Vec<String>,
+    /// Sentry integration Client Secret, for `Sentry-Hook-Signature`.
+    pub sentry_client_secret: Option<String>,
+    pub revoked: bool,
+}
+
+/// Tenants and their keys.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// The key whose SHA-256 digest is `key_hash`, revoked or not.
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// The tenant's replacement rows for the severity -> agents table.
+    async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError>;
+}
+
+/// The dedup lifecycle and the alert queue (SPEC §5).
+#[async_trait]
+pub trait AlertLedger: Send + Sync {
+    /// Applies the lifecycle to each alert in order and queues what triage must see. Alerts
+    /// answered `created` or `resolved` are durably queued when this returns `Ok`; on `Err`
+    /// nothing of the failed alert is left behind, so the sender's retry succeeds.
+    async fn admit(
+        &self,
+        tenant_id: &str,
+        provider: Provider,
+        alerts: &[Alert],
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<AlertResult>, StoreError>;
+}
+
+/// Incidents, written by triage and read by the API.
+#[async_trait]
+pub trait IncidentStore: Send + Sync {
+    /// Inserts `incident` unless one with its id exists; returns what is stored.
+    async fn open(&self, incident: Incident) -> Result<Incident, StoreError>;
+    /// Marks the incident resolved (inserting `incident` as given when it was never opened);
+    /// returns what is stored.
+    async fn resolve(&self, incident: Incident) -> Result<Incident, StoreError>;
+    async fn get(&self, tenant_id: &str, incident_id: &str) -> Result<Option<Incident>, StoreError>;
+    /// Newest first.
+    async fn list(&self, tenant_id: &str, query: &IncidentQuery) -> Result<IncidentPage, StoreError>;
+}
+
+/// A page request of `GET /v1/tenants/{t}/incidents`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct IncidentQuery {
+    pub status: Option<IncidentStatus>,
+    pub limit: usize,
+    /// Opaque: the last incident id of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of incidents.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentPage {
+    pub incidents: Vec<Incident>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Hands tasks to investigation agents.
+#[async_trait]
+pub trait Dispatcher: Send + Sync {
+    /// Publishes `task`; publishing the same `task_id` again is a no-op.
+    async fn dispatch(&self, task: &DispatchTask) -> Result<(), StoreError>;
+}

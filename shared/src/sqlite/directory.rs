@@ -1,0 +1,288 @@
+//! Tenants and API keys in SQLite: the [`Directory`] port plus the management operations the
+//! CLI uses. Every lookup reads the database, so keys created or revoked by another process take
+//! effect on the next request.
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::{now_ms, Db};
+use crate::auth::{issue_key, new_webhook_secret, IssuedKey};
+use crate::error::StoreError;
+use crate::policy::AgentOverrides;
+use crate::ports::{Directory, KeyRecord};
+
+/// Tenants and keys stored in the embedded database.
+#[derive(Clone)]
+pub struct SqliteDirectory {
+    db: Db,
+}
+
+/// A key as `keys list` shows it: never the key or its secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySummary {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: String,
+    pub revoked: bool,
+    /// A previous secret still verifies (rotation in progress).
+    pub rotating: bool,
+    pub has_sentry_secret: bool,
+}
+
+/// Tenant ids appear in URLs and table keys: lower-case letters, digits, `-` and `_`.
+pub fn valid_tenant_id(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn ms_to_rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn ensure_tenant(c: &rusqlite::Connection, tenant: &str) -> Result<(), StoreError> {
+    if !valid_tenant_id(tenant) {
+        return Err(StoreError::Invalid(format!(
+            "tenant id {tenant:?}: use 1-64 lower-case letters, digits, '-' or '_'"
+        )));
+    }
+    c.execute(
+        "INSERT OR IGNORE INTO tenants(tenant_id, created_at) VALUES (?1, ?2)",
+        params![tenant, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Updates one key of one tenant, failing with NotFound when there is none.
+fn update_key(
+    c: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    tenant: &str,
+    key_id: &str,
+) -> Result<(), StoreError> {
+    let n = c.execute(sql, params)?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!(
+            "no active key {key_id} for tenant {tenant}"
+        )));
+    }
+    Ok(())
+}
+
+impl SqliteDirectory {
+    pub fn new(db: Db) -> Self {
+        SqliteDirectory { db }
+    }
+
+    /// Whether no tenant exists yet (first start of `causeflow serve`).
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.db
+            .read(|c| {
+                let n: i64 = c.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))?;
+                Ok(n == 0)
+            })
+            .await
+    }
+
+    /// Issues a key (creating the tenant if needed). The returned key and secret are the only
+    /// copies in plain text of the key; show them once.
+    pub async fn create_key(&self, tenant: &str, name: &str) -> Result<IssuedKey, StoreError> {
+        let issued = issue_key();
+        let (tenant, name, k) = (tenant.to_owned(), name.to_owned(), issued.clone());
+        self.db
+            .write(move |c| {
+                ensure_tenant(c, &tenant)?;
+                c.execute(
+                    "INSERT INTO api_keys(key_id, tenant_id, name, key_hash, webhook_secret, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![k.key_id, tenant, name, k.key_hash, k.webhook_secret, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(issued)
+    }
+
+    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeySummary>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare(
+                    "SELECT key_id, tenant_id, name, created_at, revoked_at IS NOT NULL,
+                            previous_secret IS NOT NULL, sentry_client_secret IS NOT NULL
+                     FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, key_id",
+                )?;
+                let rows = st.query_map([tenant], |r| {
+                    Ok(KeySummary {
+                        key_id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        name: r.get(2)?,
+                        created_at: ms_to_rfc3339(r.get(3)?),
+                        revoked: r.get(4)?,
+                        rotating: r.get(5)?,
+                        has_sentry_secret: r.get(6)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
+    pub async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
+        let (t, k) = (tenant.to_owned(), key_id.to_owned());
+        self.db
+            .write(move |c| {
+                update_key(
+                    c,
+                    "UPDATE api_keys SET revoked_at = ?3
+                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+                    params![t, k, now_ms()],
+                    &t,
+                    &k,
+                )
+            })
+            .await
+    }
+
+    /// Issues a new webhook secret; the old one keeps verifying until [`Self::retire_secret`].
+    pub async fn rotate_secret(&self, tenant: &str, key_id: &str) -> Result<String, StoreError> {
+        let secret = new_webhook_secret();
+        let (t, k, s) = (tenant.to_owned(), key_id.to_owned(), secret.clone());
+        self.db
+            .write(move |c| {
+                update_key(
+                    c,
+                    "UPDATE api_keys SET previous_secret = webhook_secret, webhook_secret = ?3
+                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+                    params![t, k, s],
+                    &t,
+                    &k,
+                )
+            })
+            .await?;
+        Ok(secret)
+    }
+
+    /// Ends a rotation: only the current secret verifies from now on.
+    pub async fn retire_secret(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
+        let (t, k) = (tenant.to_owned(), key_id.to_owned());
+        self.db
+            .write(move |c| {
+                update_key(
+                    c,
+                    "UPDATE api_keys SET previous_secret = NULL
+                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+                    params![t, k],
+                    &t,
+                    &k,
+                )
+            })
+            .await
+    }
+
+    /// Registers the Sentry integration's Client Secret for `Sentry-Hook-Signature`.
+    pub async fn set_sentry_secret(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        secret: &str,
+    ) -> Result<(), StoreError> {
+        if secret.trim().is_empty() {
+            return Err(StoreError::Invalid("the Sentry client secret is empty".into()));
+        }
+        let (t, k, s) = (tenant.to_owned(), key_id.to_owned(), secret.trim().to_owned());
+        self.db
+            .write(move |c| {
+                update_key(
+                    c,
+                    "UPDATE api_keys SET sentry_client_secret = ?3
+                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+                    params![t, k, s],
+                    &t,
+                    &k,
+                )
+            })
+            .await
+    }
+
+    /// Replaces the tenant's agent table overrides (empty = the SPEC table).
+    pub async fn set_agent_overrides(
+        &self,
+        tenant: &str,
+        overrides: &AgentOverrides,
+    ) -> Result<(), StoreError> {
+        let t = tenant.to_owned();
+        let json = (!overrides.0.is_empty())
+            .then(|| serde_json::to_string(overrides).expect("overrides serialise"));
+        self.db
+            .write(move |c| {
+                ensure_tenant(c, &t)?;
+                c.execute(
+                    "UPDATE tenants SET agent_overrides = ?2 WHERE tenant_id = ?1",
+                    params![t, json],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Directory for SqliteDirectory {
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let h = key_hash.to_owned();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT key_id, tenant_id, name, webhook_secret, previous_secret,
+                            sentry_client_secret, revoked_at IS NOT NULL
+                     FROM api_keys WHERE key_hash = ?1",
+                )?;
+                Ok(st
+                    .query_row([h], |r| {
+                        let mut secrets = vec![r.get::<_, String>(3)?];
+                        if let Some(prev) = r.get::<_, Option<String>>(4)? {
+                            secrets.push(prev);
+                        }
+                        Ok(KeyRecord {
+                            key_id: r.get(0)?,
+                            tenant_id: r.get(1)?,
+                            name: r.get(2)?,
+                            webhook_secrets: secrets,
+                            sentry_client_secret: r.get(5)?,
+                            revoked: r.get(6)?,
+                        })
+                    })
+                    .optional()?)
+            })
+            .await
+    }
+
+    async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
+        let t = tenant_id.to_owned();
+        let json: Option<String> = self
+            .db
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT agent_overrides FROM tenants WHERE tenant_id = ?1",
+                    [t],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten())
+            })
+            .await?;
+        match json {
+            None => Ok(AgentOverrides::default()),
+            Some(j) => serde_json::from_str(&j)
+                .map_err(|e| StoreError::Unavailable(format!("tenant agent overrides: {e}"))),
+        }
+    }
+}

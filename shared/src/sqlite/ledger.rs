@@ -1,0 +1,138 @@
+//! The dedup lifecycle over SQLite. A request's alerts are decided and queued in one job of the
+//! writer's transaction, so the dedup record and the queued alert are written together or not
+//! at all; the single writer makes concurrent identical requests strictly sequential.
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::Db;
+use crate::dedup::{decide, new_incident_id, DedupConfig, DedupRecord, Decision};
+use crate::error::StoreError;
+use crate::model::{Alert, AlertResult, AlertStatus, Outcome, Provider, QueuedAlert};
+use crate::ports::AlertLedger;
+
+/// [`AlertLedger`] backed by the `dedup` and `queue` tables.
+#[derive(Clone)]
+pub struct SqliteLedger {
+    db: Db,
+    config: DedupConfig,
+}
+
+impl SqliteLedger {
+    pub fn new(db: Db, config: DedupConfig) -> Self {
+        SqliteLedger { db, config }
+    }
+}
+
+fn load(c: &Connection, t: &str, p: &str, id: &str) -> Result<Option<DedupRecord>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT incident_id, pending, lease_until, expires_at FROM dedup
+         WHERE tenant_id = ?1 AND provider = ?2 AND source_alert_id = ?3",
+    )?;
+    Ok(st
+        .query_row(params![t, p, id], |r| {
+            Ok(DedupRecord {
+                incident_id: r.get(0)?,
+                pending: r.get(1)?,
+                lease_until_ms: r.get(2)?,
+                expires_at_ms: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+fn enqueue(c: &Connection, msg: &QueuedAlert, now: i64) -> Result<(), StoreError> {
+    let body = serde_json::to_string(msg).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    c.prepare_cached("INSERT INTO queue(body, enqueued_at, visible_at) VALUES (?1, ?2, ?2)")?
+        .execute(params![body, now])?;
+    Ok(())
+}
+
+#[async_trait]
+impl AlertLedger for SqliteLedger {
+    async fn admit(
+        &self,
+        tenant_id: &str,
+        provider: Provider,
+        alerts: &[Alert],
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<AlertResult>, StoreError> {
+        let tenant = tenant_id.to_owned();
+        let alerts = alerts.to_vec();
+        let ttl_ms = self.config.ttl.as_millis() as i64;
+        let results = self
+            .db
+            .write(move |c| {
+                let now = received_at.timestamp_millis();
+                let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let p = provider.as_str();
+                let mut results = Vec::with_capacity(alerts.len());
+                for alert in alerts {
+                    let existing = load(c, &tenant, p, &alert.source_alert_id)?;
+                    let decision = decide(existing.as_ref(), alert.status, now, new_incident_id);
+                    match &decision {
+                        Decision::Create { incident_id } => {
+                            c.prepare_cached(
+                                "INSERT OR REPLACE INTO dedup(tenant_id, provider, source_alert_id,
+                                    incident_id, pending, lease_until, expires_at)
+                                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
+                            )?
+                            .execute(params![
+                                tenant,
+                                p,
+                                alert.source_alert_id,
+                                incident_id,
+                                now,
+                                now + ttl_ms
+                            ])?;
+                        }
+                        Decision::Resolve { .. } => {
+                            c.prepare_cached(
+                                "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2
+                                 AND source_alert_id = ?3",
+                            )?
+                            .execute(params![tenant, p, alert.source_alert_id])?;
+                        }
+                        Decision::Duplicate { .. } | Decision::Ignore | Decision::Acknowledge => {
+                            if alert.status == AlertStatus::Resolved && existing.is_some() {
+                                // An expired or abandoned record: clear it so it stops lingering.
+                                c.prepare_cached(
+                                    "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2
+                                     AND source_alert_id = ?3",
+                                )?
+                                .execute(params![tenant, p, alert.source_alert_id])?;
+                            }
+                        }
+                    }
+                    let (outcome, incident_id) = decision.outcome();
+                    let incident_id = incident_id.map(str::to_owned);
+                    if let (Decision::Create { .. } | Decision::Resolve { .. }, Some(id)) =
+                        (&decision, &incident_id)
+                    {
+                        let msg = QueuedAlert {
+                            tenant_id: tenant.clone(),
+                            provider,
+                            incident_id: id.clone(),
+                            received_at: received.clone(),
+                            alert: alert.clone(),
+                        };
+                        enqueue(c, &msg, now)?;
+                    }
+                    results.push(AlertResult {
+                        source_alert_id: alert.source_alert_id,
+                        incident_id,
+                        outcome,
+                    });
+                }
+                Ok(results)
+            })
+            .await?;
+        if results
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Created | Outcome::Resolved))
+        {
+            self.db.signals().queued.notify_one();
+        }
+        Ok(results)
+    }
+}

@@ -1,0 +1,340 @@
+//! The embedded adapters: one SQLite file (WAL) stands in for DynamoDB, SQS and SNS.
+//!
+//! All writes go through one writer thread that commits whatever has queued up in a single
+//! transaction (group commit): a request waits for the commit that carries its write, so a 202 is
+//! only sent once the write is on disk (`synchronous=FULL`), yet throughput is not capped at one
+//! fsync per request. Each job runs in its own savepoint, so one failing job never takes its
+//! batch-mates down. Reads use a small pool of connections and run concurrently under WAL.
+
+mod directory;
+mod incidents;
+mod ledger;
+mod queue;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{oneshot, Notify};
+use tracing::{debug, error};
+
+use crate::error::StoreError;
+
+pub use directory::{KeySummary, SqliteDirectory};
+pub use incidents::{DispatchRow, SqliteDispatcher, SqliteIncidents};
+pub use ledger::SqliteLedger;
+pub use queue::{QueueStats, SqliteQueue};
+
+/// Most jobs one transaction carries.
+const MAX_BATCH: usize = 512;
+/// Jobs waiting beyond this are refused with 503 rather than queued without bound.
+const WRITE_QUEUE_DEPTH: usize = 16_384;
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+trait WriteJob: Send {
+    /// Runs inside the job's savepoint; `false` rolls the savepoint back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Called after the transaction's commit with its result.
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct TypedJob<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for TypedJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let f = self.f.take().expect("a job runs once");
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+        let reply = match (commit, self.result) {
+            (Err(e), Some(Ok(_))) => Err(e),
+            (_, Some(r)) => r,
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Err(StoreError::Unavailable("write job never ran".into())),
+        };
+        // The requester may have gone away (client disconnected); the write stands either way.
+        let _ = self.reply.send(reply);
+    }
+}
+
+/// Wake-ups so workers react at once instead of polling: `queued` after alerts are queued,
+/// `dispatched` after agent tasks are recorded.
+#[derive(Debug, Default)]
+pub struct Signals {
+    pub queued: Notify,
+    pub dispatched: Notify,
+}
+
+/// Test hook: makes every write fail, as an unreachable store would.
+#[derive(Debug, Default)]
+pub struct FaultSwitch(std::sync::atomic::AtomicBool);
+
+impl FaultSwitch {
+    pub fn set(&self, failing: bool) {
+        self.0.store(failing, std::sync::atomic::Ordering::SeqCst)
+    }
+    fn failing(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A handle on the database: cheap to clone, shared by every adapter.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<SyncSender<Box<dyn WriteJob>>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    signals: Arc<Signals>,
+    faults: Arc<FaultSwitch>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // WAL: readers never block the writer; FULL: a commit is on disk before it returns.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>) -> Result<Db, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("create {}: {e}", dir.display())))?;
+        }
+        let conn = open_connection(&path)?;
+        conn.execute_batch(include_str!("schema.sql"))?;
+        let (tx, rx) = mpsc::sync_channel::<Box<dyn WriteJob>>(WRITE_QUEUE_DEPTH);
+        let faults = Arc::new(FaultSwitch::default());
+        let thread = {
+            let faults = faults.clone();
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || writer_loop(conn, rx, faults))
+                .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?
+        };
+        Ok(Db {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
+                readers: Mutex::new(Vec::new()),
+                signals: Arc::default(),
+                faults,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Wake-ups for the background workers.
+    pub fn signals(&self) -> Arc<Signals> {
+        self.inner.signals.clone()
+    }
+
+    /// Fault injection for tests: while set, every write fails as if the disk were gone.
+    pub fn faults(&self) -> Arc<FaultSwitch> {
+        self.inner.faults.clone()
+    }
+
+    /// Runs `f` in the next group-committed transaction and returns its result once committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        {
+            let guard = self.inner.writer.lock().expect("writer lock");
+            let sender = guard
+                .as_ref()
+                .ok_or_else(|| StoreError::Unavailable("database is closing".into()))?;
+            match sender.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    return Err(StoreError::Unavailable("write queue is full".into()))
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(StoreError::Unavailable("database writer stopped".into()))
+                }
+            }
+        }
+        rx.await
+            .map_err(|_| StoreError::Unavailable("database writer stopped".into()))?
+    }
+
+    /// Runs `f` on a pooled read connection off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
+    }
+
+    /// Like [`Db::read`] for callers that are not async (the CLI).
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError>,
+    {
+        let conn = self.inner.readers.lock().expect("reader pool").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_connection(&self.inner.path)?,
+        };
+        let r = f(&conn);
+        let mut pool = self.inner.readers.lock().expect("reader pool");
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        r
+    }
+
+    /// Stops accepting writes, lets the writer commit everything already queued, and waits for it.
+    pub fn close(&self) {
+        self.inner.writer.lock().expect("writer lock").take();
+        if let Some(t) = self.inner.writer_thread.lock().expect("thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, faults: Arc<FaultSwitch>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = if faults.failing() {
+            Err(StoreError::Unavailable("injected fault: database unavailable".into()))
+        } else {
+            run_batch(&conn, &mut jobs)
+        };
+        if let Err(e) = &result {
+            error!(error = %e, jobs = jobs.len(), "sqlite commit failed");
+        } else {
+            debug!(jobs = jobs.len(), "group commit");
+        }
+        for job in jobs {
+            job.finish(result.clone());
+        }
+    }
+    // Checkpoint so the WAL does not linger after a clean shutdown.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for job in jobs.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        let ok = job.run(conn);
+        let end = if ok {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_job_does_not_fail_its_batch_mates() {
+        let dir = tempdir();
+        let db = Db::open(dir.join("t.db")).unwrap();
+        db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x INTEGER)")?)).await.unwrap();
+        let mut handles = Vec::new();
+        for i in 0..50i64 {
+            let db = db.clone();
+            handles.push(tokio::spawn(async move {
+                db.write(move |c| {
+                    c.execute("INSERT INTO t VALUES (?1)", [i])?;
+                    if i % 7 == 0 {
+                        return Err(StoreError::Invalid("nope".into()));
+                    }
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for h in handles {
+            if h.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        let n: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(failed, 8);
+        assert_eq!(n, 42);
+        db.faults().set(true);
+        assert!(db.write(|_| Ok(())).await.is_err());
+        db.close();
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("causeflow-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

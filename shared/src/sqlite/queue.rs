@@ -1,0 +1,123 @@
+//! The embedded alert queue, with SQS's semantics: a receive hides messages for a visibility
+//! timeout, an ack deletes them, and a message received more than `max_receives` times moves to
+//! `dead_letters` instead of being delivered again.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{now_ms, Db};
+use crate::error::StoreError;
+use crate::triage::QueueRecord;
+
+/// Receives after which a message is dead-lettered (SQS `maxReceiveCount`).
+pub const MAX_RECEIVES: i64 = 5;
+
+/// The queue tables.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    db: Db,
+}
+
+/// Queue depth for health and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStats {
+    pub queued: i64,
+    pub dead_letters: i64,
+}
+
+impl SqliteQueue {
+    pub fn new(db: Db) -> Self {
+        SqliteQueue { db }
+    }
+
+    /// Makes messages hidden by a previous process visible again. Only one `serve` may use a
+    /// database file, so anything in flight at start belongs to a process that died.
+    pub async fn release_in_flight(&self) -> Result<usize, StoreError> {
+        self.db
+            .write(|c| {
+                Ok(c.execute(
+                    "UPDATE queue SET visible_at = ?1 WHERE visible_at > ?1 AND receive_count > 0",
+                    [now_ms()],
+                )?)
+            })
+            .await
+    }
+
+    /// Takes up to `max` visible messages and hides them for `visibility_ms`.
+    pub async fn receive(&self, max: usize, visibility_ms: i64) -> Result<Vec<QueueRecord>, StoreError> {
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                c.execute(
+                    "INSERT INTO dead_letters(id, body, receive_count, enqueued_at, dead_at)
+                     SELECT id, body, receive_count, enqueued_at, ?1 FROM queue
+                     WHERE visible_at <= ?1 AND receive_count >= ?2",
+                    params![now, MAX_RECEIVES],
+                )?;
+                c.execute(
+                    "DELETE FROM queue WHERE visible_at <= ?1 AND receive_count >= ?2",
+                    params![now, MAX_RECEIVES],
+                )?;
+                let mut st = c.prepare_cached(
+                    "UPDATE queue SET visible_at = ?1 + ?2, receive_count = receive_count + 1
+                     WHERE id IN (SELECT id FROM queue WHERE visible_at <= ?1 ORDER BY id LIMIT ?3)
+                     RETURNING id, body",
+                )?;
+                let rows = st.query_map(params![now, visibility_ms, max as i64], |r| {
+                    Ok(QueueRecord {
+                        id: r.get::<_, i64>(0)?.to_string(),
+                        body: r.get(1)?,
+                    })
+                })?;
+                let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+                out.sort_by_key(|r| r.id.parse::<i64>().unwrap_or(0));
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Deletes processed messages.
+    pub async fn ack(&self, ids: Vec<String>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(move |c| {
+                let mut st = c.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+                for id in ids {
+                    st.execute([id.parse::<i64>().unwrap_or(-1)])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Puts failed messages back after `delay_ms` (instead of the full visibility timeout).
+    pub async fn retry_later(&self, ids: Vec<String>, delay_ms: i64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(move |c| {
+                let mut st = c.prepare_cached("UPDATE queue SET visible_at = ?2 WHERE id = ?1")?;
+                let at = now_ms() + delay_ms;
+                for id in ids {
+                    st.execute(params![id.parse::<i64>().unwrap_or(-1), at])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, StoreError> {
+        self.db
+            .read(|c| {
+                Ok(QueueStats {
+                    queued: c.query_row("SELECT count(*) FROM queue", [], |r| r.get(0))?,
+                    dead_letters: c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?,
+                })
+            })
+            .await
+    }
+}

@@ -1,0 +1,74 @@
+-- CauseFlow embedded schema. Times are Unix milliseconds unless named *_at_text.
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id       TEXT PRIMARY KEY,
+    created_at      INTEGER NOT NULL,
+    agent_overrides TEXT            -- JSON {"severity": ["agent", ...]}; NULL = SPEC table
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id               TEXT PRIMARY KEY,
+    tenant_id            TEXT NOT NULL REFERENCES tenants(tenant_id),
+    name                 TEXT NOT NULL,
+    key_hash             TEXT NOT NULL UNIQUE,  -- SHA-256 hex of the API key; the key is never stored
+    webhook_secret       TEXT NOT NULL,
+    previous_secret      TEXT,                  -- still verifies until retired
+    sentry_client_secret TEXT,
+    created_at           INTEGER NOT NULL,
+    revoked_at           INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON api_keys(tenant_id);
+
+CREATE TABLE IF NOT EXISTS dedup (
+    tenant_id       TEXT NOT NULL,
+    provider        TEXT NOT NULL,
+    source_alert_id TEXT NOT NULL,
+    incident_id     TEXT NOT NULL,
+    pending         INTEGER NOT NULL,
+    lease_until     INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, provider, source_alert_id)
+) WITHOUT ROWID;
+
+-- The alert queue (SQS in AWS). visible_at is when the next receive may take the message.
+CREATE TABLE IF NOT EXISTS queue (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    body          TEXT NOT NULL,
+    enqueued_at   INTEGER NOT NULL,
+    visible_at    INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queue_by_visibility ON queue(visible_at);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            INTEGER PRIMARY KEY,
+    body          TEXT NOT NULL,
+    receive_count INTEGER NOT NULL,
+    enqueued_at   INTEGER NOT NULL,
+    dead_at       INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS incidents (
+    tenant_id   TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    data        TEXT NOT NULL,     -- the Incident as JSON
+    PRIMARY KEY (tenant_id, incident_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS incidents_by_status ON incidents(tenant_id, status, incident_id);
+
+-- Agent tasks (the SNS topic in AWS): an outbox, delivered to --agent-webhook when one is set.
+CREATE TABLE IF NOT EXISTS dispatches (
+    task_id         TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL,
+    incident_id     TEXT NOT NULL,
+    agent           TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    severity        TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dispatches_undelivered ON dispatches(next_attempt_at) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS dispatches_by_incident ON dispatches(tenant_id, incident_id);

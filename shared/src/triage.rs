@@ -1,0 +1,174 @@
+//! Triage: turns queued alerts into incidents and agent tasks (SPEC §6). Idempotent, so a
+//! redelivered message changes nothing twice: incidents are written conditionally and each task
+//! has a stable id that the dispatcher publishes at most once.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tracing::{info, instrument, warn};
+
+use crate::error::StoreError;
+use crate::model::{
+    AlertStatus, AlertSummary, DispatchTask, Incident, IncidentStatus, QueuedAlert, TaskKind,
+};
+use crate::ports::{Directory, Dispatcher, IncidentStore};
+
+/// Why one queued message could not be triaged.
+#[derive(Debug, thiserror::Error)]
+pub enum TriageError {
+    /// The message is not a queued alert: it will never succeed (it ends in the dead-letter queue).
+    #[error("malformed queue message: {0}")]
+    Malformed(String),
+    /// A store failed: redelivery will retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One message of a batch, as SQS or the embedded queue delivers it.
+#[derive(Debug, Clone)]
+pub struct QueueRecord {
+    /// SQS message id or the embedded queue's row id; reported back on failure.
+    pub id: String,
+    pub body: String,
+}
+
+/// The triage step, wired to its ports.
+#[derive(Clone)]
+pub struct Triage {
+    pub incidents: Arc<dyn IncidentStore>,
+    pub directory: Arc<dyn Directory>,
+    pub dispatcher: Arc<dyn Dispatcher>,
+}
+
+impl Triage {
+    /// Processes a batch concurrently and returns the ids of the records that failed, so only
+    /// those are redelivered (SQS partial batch response). A poison record fails alone.
+    pub async fn handle_batch(&self, records: Vec<QueueRecord>) -> Vec<String> {
+        let mut set = tokio::task::JoinSet::new();
+        for rec in records {
+            let this = self.clone();
+            set.spawn(async move {
+                let res = match serde_json::from_str::<QueuedAlert>(&rec.body) {
+                    Ok(msg) => this.process(&msg).await,
+                    Err(e) => Err(TriageError::Malformed(e.to_string())),
+                };
+                (rec.id, res)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((_, Ok(()))) => {}
+                Ok((id, Err(e))) => {
+                    warn!(message_id = %id, error = %e, "triage failed; the message will be redelivered");
+                    failed.push(id);
+                }
+                // A panicking task loses its id; the caller treats missing acks as failures too.
+                Err(e) => warn!(error = %e, "triage task panicked"),
+            }
+        }
+        failed
+    }
+
+    /// Records the incident and dispatches (or cancels) its agents.
+    #[instrument(skip(self, msg), fields(tenant = %msg.tenant_id, incident = %msg.incident_id))]
+    pub async fn process(&self, msg: &QueuedAlert) -> Result<(), TriageError> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let a = &msg.alert;
+        let mut incident = Incident {
+            tenant_id: msg.tenant_id.clone(),
+            incident_id: msg.incident_id.clone(),
+            provider: msg.provider,
+            source_alert_id: a.source_alert_id.clone(),
+            title: a.title.clone(),
+            title_truncated: a.title_truncated,
+            message: a.message.clone(),
+            severity: a.severity,
+            status: IncidentStatus::Open,
+            service: a.service.clone(),
+            environment: a.environment.clone(),
+            tags: a.tags.clone(),
+            links: a.links.clone(),
+            test: a.test,
+            first_seen: msg.received_at.clone(),
+            last_seen: msg.received_at.clone(),
+            resolved_at: None,
+            agents: Vec::new(),
+        };
+        let (stored, kind) = match a.status {
+            AlertStatus::Firing => {
+                if !a.test {
+                    let overrides = self.directory.agent_overrides(&msg.tenant_id).await?;
+                    incident.agents = overrides.agents_for(msg.provider, a.severity);
+                }
+                let stored = self.incidents.open(incident).await?;
+                if stored.status != IncidentStatus::Open {
+                    // Resolved before this (redelivered or reordered) firing was triaged.
+                    return Ok(());
+                }
+                (stored, TaskKind::Dispatch)
+            }
+            AlertStatus::Resolved => {
+                incident.status = IncidentStatus::Resolved;
+                incident.resolved_at = Some(msg.received_at.clone());
+                (self.incidents.resolve(incident).await?, TaskKind::Cancel)
+            }
+            AlertStatus::Acknowledged | AlertStatus::Ignored => {
+                return Err(TriageError::Malformed(
+                    "only firing and resolved alerts are queued".into(),
+                ))
+            }
+        };
+        for agent in &stored.agents {
+            let task = task(&stored, agent, kind, &now);
+            self.dispatcher.dispatch(&task).await?;
+        }
+        info!(severity = %stored.severity, agents = stored.agents.len(), ?kind, "triaged");
+        Ok(())
+    }
+}
+
+/// A task for one agent with its stable id.
+pub fn task(incident: &Incident, agent: &str, kind: TaskKind, now: &str) -> DispatchTask {
+    DispatchTask {
+        task_id: task_id(&incident.incident_id, agent, kind),
+        kind,
+        incident_id: incident.incident_id.clone(),
+        tenant_id: incident.tenant_id.clone(),
+        agent: agent.to_owned(),
+        severity: incident.severity,
+        summary: AlertSummary {
+            provider: incident.provider,
+            source_alert_id: incident.source_alert_id.clone(),
+            title: incident.title.clone(),
+            service: incident.service.clone(),
+            environment: incident.environment.clone(),
+            links: incident.links.clone(),
+        },
+        dispatched_at: now.to_owned(),
+    }
+}
+
+/// `taskId`: a stable hash of the incident id and the agent (SPEC §6), distinct for cancels.
+pub fn task_id(incident_id: &str, agent: &str, kind: TaskKind) -> String {
+    let mut h = Sha256::new();
+    h.update(incident_id.as_bytes());
+    h.update(b"\n");
+    h.update(agent.as_bytes());
+    if kind == TaskKind::Cancel {
+        h.update(b"\ncancel");
+    }
+    format!("task_{}", &hex::encode(h.finalize())[..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_are_stable_and_distinct() {
+        assert_eq!(task_id("i", "logs", TaskKind::Dispatch), task_id("i", "logs", TaskKind::Dispatch));
+        assert_ne!(task_id("i", "logs", TaskKind::Dispatch), task_id("i", "metrics", TaskKind::Dispatch));
+        assert_ne!(task_id("i", "logs", TaskKind::Dispatch), task_id("i", "logs", TaskKind::Cancel));
+    }
+}
