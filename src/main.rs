@@ -1,1 +1,415 @@
-fn main(){}
+//! `causeflow`: the one-machine server and the management commands. Flag parsing and printing
+//! only; everything else lives in the `causeflow-shared` library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use causeflow_shared::auth::sign;
+use causeflow_shared::dedup::DedupConfig;
+use causeflow_shared::embedded::{validate_agent_webhook, Embedded, EmbeddedConfig};
+use causeflow_shared::http::RateLimit;
+use causeflow_shared::model::{IncidentStatus, Severity};
+use causeflow_shared::policy::{valid_agent_name, AgentOverrides};
+use causeflow_shared::ports::{IncidentQuery, IncidentStore};
+use causeflow_shared::sqlite::{Db, SqliteDirectory, SqliteIncidents};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "causeflow", version, about = "CauseFlow alert ingest")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DbArg {
+    /// SQLite database file.
+    #[arg(long, env = "CAUSEFLOW_DB", default_value = "./causeflow.db", global = true)]
+    db: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API, the triage worker and agent dispatch on one machine.
+    Serve(ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCmd),
+    /// Print the signature header(s) for the body read from standard input.
+    Sign {
+        /// The webhook secret.
+        #[arg(long, env = "CAUSEFLOW_WEBHOOK_SECRET")]
+        secret: String,
+        /// Sign "{unix seconds}:{body}" and print X-Webhook-Timestamp too (optionally at the given time).
+        #[arg(long, num_args = 0..=1, default_missing_value = "now")]
+        timestamp: Option<String>,
+    },
+    /// Read incidents.
+    #[command(subcommand)]
+    Incidents(IncidentsCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    #[command(flatten)]
+    db: DbArg,
+    /// Also POST every agent task to this URL (tasks are always recorded in the database).
+    #[arg(long)]
+    agent_webhook: Option<String>,
+    /// Requests per second allowed per tenant (0 = unlimited).
+    #[arg(long, default_value_t = 100.0)]
+    rate_limit: f64,
+    /// Burst of requests allowed per tenant above the rate.
+    #[arg(long, default_value_t = 200.0)]
+    rate_burst: f64,
+    /// Hours after which an unresolved alert's dedup record expires.
+    #[arg(long, default_value_t = 168)]
+    dedup_ttl_hours: u64,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key (and the tenant if new); prints the key and its webhook secret once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List a tenant's keys (never the keys or secrets themselves).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Revoke a key; requests with it are refused at once.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Issue a new webhook secret; the old one keeps verifying until `retire-secret`.
+    RotateSecret {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Stop accepting the previous webhook secret of a rotated key.
+    RetireSecret {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Register the Sentry integration's Client Secret (read from standard input when --secret is -).
+    SetSentrySecret {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        secret: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsCmd {
+    /// Override which agents a severity dispatches for this tenant (--agents "" dispatches none;
+    /// --reset restores the default table).
+    SetAgents {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, required_unless_present = "reset")]
+        severity: Option<String>,
+        /// Comma-separated agent names.
+        #[arg(long, required_unless_present = "reset")]
+        agents: Option<String>,
+        #[arg(long)]
+        reset: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum IncidentsCmd {
+    /// List a tenant's incidents, newest first.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = ["open", "resolved"])]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Keys(cmd) => keys(cmd).await,
+        Command::Tenants(cmd) => tenants(cmd).await,
+        Command::Sign { secret, timestamp } => sign_stdin(&secret, timestamp.as_deref()),
+        Command::Incidents(cmd) => incidents(cmd).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    init_logging(args.log_format == "json");
+    if let Some(url) = &args.agent_webhook {
+        validate_agent_webhook(url).map_err(anyhow::Error::msg)?;
+    }
+    let mut config = EmbeddedConfig::new(&args.db.db);
+    config.rate_limit = RateLimit {
+        per_sec: args.rate_limit,
+        burst: args.rate_burst,
+    };
+    config.dedup = DedupConfig {
+        ttl: Duration::from_secs(args.dedup_ttl_hours * 3600),
+        ..DedupConfig::default()
+    };
+    config.agent_webhook = args.agent_webhook.clone();
+    let app = Embedded::open(config).with_context(|| format!("opening {}", args.db.db.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    if let Some(key) = app.bootstrap_demo().await? {
+        print_welcome(&addr.to_string(), &key.api_key, &key.webhook_secret);
+    }
+    println!("causeflow serve: listening on http://{addr} (database {})", args.db.db.display());
+    app.run(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM from a service manager.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("shutting down: finishing in-flight requests and triage");
+}
+
+fn print_welcome(addr: &str, api_key: &str, secret: &str) {
+    let body = r#"{"sourceAlertId":"demo-checkout-latency","title":"Checkout p99 latency above 2s","status":"firing","severity":"high","service":"checkout","environment":"demo","tags":{"team":"payments"}}"#;
+    let sig = sign(secret, &[body.as_bytes()]);
+    println!(
+        "\nCreated tenant `demo` with its first API key. These are shown once; keep them safe.\n\n  \
+         API key:        {api_key}\n  Webhook secret: {secret}\n\n\
+         Send a signed sample alert:\n\n  \
+         curl -sS -X POST http://{addr}/v1/webhooks/demo/generic \\\n    \
+         -H 'Content-Type: application/json' \\\n    \
+         -H 'X-API-Key: {api_key}' \\\n    \
+         -H 'X-Webhook-Signature: {sig}' \\\n    \
+         --data-raw '{body}'\n\n\
+         Then read it back:\n\n  \
+         curl -sS -H 'X-API-Key: {api_key}' http://{addr}/v1/tenants/demo/incidents\n"
+    );
+}
+
+fn open_directory(db: &DbArg) -> Result<SqliteDirectory> {
+    let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
+    Ok(SqliteDirectory::new(db))
+}
+
+async fn keys(cmd: KeysCmd) -> Result<()> {
+    match cmd {
+        KeysCmd::Create { tenant, name, json, db } => {
+            let k = open_directory(&db)?.create_key(&tenant, &name).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenantId": tenant, "keyId": k.key_id, "apiKey": k.api_key, "webhookSecret": k.webhook_secret})
+                );
+            } else {
+                println!(
+                    "Created key {} for tenant {tenant}. Shown once:\n  API key:        {}\n  Webhook secret: {}",
+                    k.key_id, k.api_key, k.webhook_secret
+                );
+            }
+        }
+        KeysCmd::List { tenant, json, db } => {
+            let keys = open_directory(&db)?.list_keys(&tenant).await?;
+            if json {
+                println!("{}", serde_json::to_string(&keys)?);
+            } else if keys.is_empty() {
+                println!("No keys for tenant {tenant}.");
+            } else {
+                for k in keys {
+                    let mut flags = Vec::new();
+                    if k.revoked {
+                        flags.push("revoked");
+                    }
+                    if k.rotating {
+                        flags.push("rotating");
+                    }
+                    if k.has_sentry_secret {
+                        flags.push("sentry-secret");
+                    }
+                    println!("{}\t{}\t{}\t{}", k.key_id, k.name, k.created_at, flags.join(","));
+                }
+            }
+        }
+        KeysCmd::Revoke { tenant, key, db } => {
+            open_directory(&db)?.revoke_key(&tenant, &key).await?;
+            println!("Revoked {key}.");
+        }
+        KeysCmd::RotateSecret { tenant, key, json, db } => {
+            let secret = open_directory(&db)?.rotate_secret(&tenant, &key).await?;
+            if json {
+                println!("{}", serde_json::json!({"tenantId": tenant, "keyId": key, "webhookSecret": secret}));
+            } else {
+                println!(
+                    "New webhook secret for {key} (shown once): {secret}\nThe previous secret still verifies until `causeflow keys retire-secret`."
+                );
+            }
+        }
+        KeysCmd::RetireSecret { tenant, key, db } => {
+            open_directory(&db)?.retire_secret(&tenant, &key).await?;
+            println!("Only the current webhook secret of {key} verifies now.");
+        }
+        KeysCmd::SetSentrySecret { tenant, key, secret, db } => {
+            let secret = if secret == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                secret
+            };
+            open_directory(&db)?.set_sentry_secret(&tenant, &key, &secret).await?;
+            println!("Sentry-Hook-Signature is now verified for {key}.");
+        }
+    }
+    Ok(())
+}
+
+async fn tenants(cmd: TenantsCmd) -> Result<()> {
+    let TenantsCmd::SetAgents { tenant, severity, agents, reset, db } = cmd;
+    let dir = open_directory(&db)?;
+    let mut overrides = if reset {
+        AgentOverrides::default()
+    } else {
+        causeflow_shared::ports::Directory::agent_overrides(&dir, &tenant).await?
+    };
+    if let (Some(sev), Some(agents)) = (severity, agents) {
+        let sev = Severity::from_label(&sev)
+            .filter(|s| s.as_str() == sev.trim().to_ascii_lowercase())
+            .with_context(|| format!("--severity {sev:?}: use critical, high, medium, low or info"))?;
+        let list: Vec<String> = agents
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if let Some(bad) = list.iter().find(|a| !valid_agent_name(a)) {
+            bail!("agent name {bad:?}: use lower-case letters, digits, '-' or '_'");
+        }
+        overrides.0.insert(sev, list);
+    }
+    dir.set_agent_overrides(&tenant, &overrides).await?;
+    println!("{}", serde_json::to_string(&overrides)?);
+    Ok(())
+}
+
+fn sign_stdin(secret: &str, timestamp: Option<&str>) -> Result<()> {
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body)?;
+    match timestamp {
+        None => println!("X-Webhook-Signature: {}", sign(secret, &[&body])),
+        Some(ts) => {
+            let ts = if ts == "now" {
+                chrono::Utc::now().timestamp().to_string()
+            } else {
+                ts.parse::<i64>()
+                    .with_context(|| format!("--timestamp {ts:?}: use Unix seconds"))?
+                    .to_string()
+            };
+            println!("X-Webhook-Signature: {}", sign(secret, &[ts.as_bytes(), b":", &body]));
+            println!("X-Webhook-Timestamp: {ts}");
+        }
+    }
+    Ok(())
+}
+
+async fn incidents(cmd: IncidentsCmd) -> Result<()> {
+    let IncidentsCmd::List { tenant, status, limit, json, db } = cmd;
+    let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
+    let store = SqliteIncidents::new(db);
+    let query = IncidentQuery {
+        status: status.map(|s| if s == "open" { IncidentStatus::Open } else { IncidentStatus::Resolved }),
+        limit: limit.clamp(1, 1000),
+        cursor: None,
+    };
+    let page = store.list(&tenant, &query).await?;
+    if json {
+        println!("{}", serde_json::to_string(&page.incidents)?);
+    } else if page.incidents.is_empty() {
+        println!("No incidents for tenant {tenant}.");
+    } else {
+        for i in page.incidents {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                i.incident_id,
+                i.status.as_str(),
+                i.severity,
+                i.provider,
+                i.agents.join(","),
+                i.title
+            );
+        }
+    }
+    Ok(())
+}
