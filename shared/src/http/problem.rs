@@ -50,7 +50,8 @@ const UNAVAILABLE_RETRY_SECS: u64 = 5;
 
 impl From<PayloadError> for ApiError {
     fn from(e: PayloadError) -> Self {
-        ApiError::InvalidPayload(format!("field `{}`: expected {}", e.field, e.expected))
+        let expected = e.expected.strip_prefix("expected ").unwrap_or(&e.expected);
+        ApiError::InvalidPayload(format!("field `{}`: expected {expected}", e.field))
     }
 }
 

@@ -87,7 +87,10 @@ fn is_recovery(transition: Option<&str>, alert_type: Option<&str>, prefixes: &[&
         Some(t) => t.trim().eq_ignore_ascii_case("recovered"),
         None => {
             alert_type.is_some_and(|t| t.trim().eq_ignore_ascii_case("success"))
-                || prefixes.iter().any(|p| p.eq_ignore_ascii_case("recovered"))
+                || prefixes.iter().any(|p| {
+                    // "[Recovered]" or "[Recovered on {host:web-1}]", after an optional "[P2]".
+                    p.get(..9).is_some_and(|w| w.eq_ignore_ascii_case("recovered"))
+                })
         }
     }
 }
@@ -152,6 +155,8 @@ mod tests {
         assert_eq!(a.status, AlertStatus::Firing);
         let a = run(json!({"id":"8","title":"[Recovered] Disk full"}));
         assert_eq!(a.status, AlertStatus::Resolved);
+        let a = run(json!({"id":"9","title":"[P2] [Recovered on {host:web-1}] Disk full"}));
+        assert_eq!((a.status, a.severity), (AlertStatus::Resolved, Severity::High));
         assert_eq!(a.severity, Severity::Medium);
     }
 

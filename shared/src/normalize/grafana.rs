@@ -153,8 +153,10 @@ fn oncall(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
 
     let payload = obj_field(root, "alert_payload", "")?;
     let mut tags = std::collections::BTreeMap::new();
-    if let Some(labels) = arr_field(group, "labels", "alert_group")? {
-        add_oncall_labels(&mut tags, labels)?;
+    match group.get("labels") {
+        Some(Value::Array(labels)) => add_oncall_labels(&mut tags, labels)?,
+        Some(Value::Object(_)) => tags.extend(string_map(group, "labels", "alert_group")?),
+        _ => {}
     }
     if let Some(p) = payload {
         for key in ["labels", "commonLabels"] {
