@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct DbArg {
     /// SQLite database file.
-    #[arg(long, env = "CAUSEFLOW_DB", default_value = "./causeflow.db", global = true)]
+    #[arg(
+        long,
+        env = "CAUSEFLOW_DB",
+        default_value = "./causeflow.db",
+        global = true
+    )]
     db: PathBuf,
 }
 
@@ -180,7 +185,9 @@ enum IncidentsCmd {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         fmt.json().init();
     } else {
@@ -215,33 +222,45 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ..DedupConfig::default()
     };
     config.agent_webhook = args.agent_webhook.clone();
-    let app = Embedded::open(config).with_context(|| format!("opening {}", args.db.db.display()))?;
+    let app =
+        Embedded::open(config).with_context(|| format!("opening {}", args.db.db.display()))?;
     let listener = tokio::net::TcpListener::bind(&args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
     let addr = listener.local_addr()?;
+    // Handlers go in before "listening" is printed, so a signal sent right after is graceful.
+    let shutdown = shutdown_signal()?;
     if let Some(key) = app.bootstrap_demo().await? {
         print_welcome(&addr.to_string(), &key.api_key, &key.webhook_secret);
     }
-    println!("causeflow serve: listening on http://{addr} (database {})", args.db.db.display());
-    app.run(listener, shutdown_signal()).await?;
+    println!(
+        "causeflow serve: listening on http://{addr} (database {})",
+        args.db.db.display()
+    );
+    app.run(listener, shutdown).await?;
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM from a service manager.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+/// Resolves on Ctrl-C or SIGTERM (from a service manager); the handlers are installed at once.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("shutting down: finishing in-flight requests and triage");
+        eprintln!("shutting down: finishing in-flight requests and triage");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn print_welcome(addr: &str, api_key: &str, secret: &str) {
@@ -268,7 +287,12 @@ fn open_directory(db: &DbArg) -> Result<SqliteDirectory> {
 
 async fn keys(cmd: KeysCmd) -> Result<()> {
     match cmd {
-        KeysCmd::Create { tenant, name, json, db } => {
+        KeysCmd::Create {
+            tenant,
+            name,
+            json,
+            db,
+        } => {
             let k = open_directory(&db)?.create_key(&tenant, &name).await?;
             if json {
                 println!(
@@ -300,7 +324,13 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
                     if k.has_sentry_secret {
                         flags.push("sentry-secret");
                     }
-                    println!("{}\t{}\t{}\t{}", k.key_id, k.name, k.created_at, flags.join(","));
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        k.key_id,
+                        k.name,
+                        k.created_at,
+                        flags.join(",")
+                    );
                 }
             }
         }
@@ -308,10 +338,18 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
             open_directory(&db)?.revoke_key(&tenant, &key).await?;
             println!("Revoked {key}.");
         }
-        KeysCmd::RotateSecret { tenant, key, json, db } => {
+        KeysCmd::RotateSecret {
+            tenant,
+            key,
+            json,
+            db,
+        } => {
             let secret = open_directory(&db)?.rotate_secret(&tenant, &key).await?;
             if json {
-                println!("{}", serde_json::json!({"tenantId": tenant, "keyId": key, "webhookSecret": secret}));
+                println!(
+                    "{}",
+                    serde_json::json!({"tenantId": tenant, "keyId": key, "webhookSecret": secret})
+                );
             } else {
                 println!(
                     "New webhook secret for {key} (shown once): {secret}\nThe previous secret still verifies until `causeflow keys retire-secret`."
@@ -322,7 +360,12 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
             open_directory(&db)?.retire_secret(&tenant, &key).await?;
             println!("Only the current webhook secret of {key} verifies now.");
         }
-        KeysCmd::SetSentrySecret { tenant, key, secret, db } => {
+        KeysCmd::SetSentrySecret {
+            tenant,
+            key,
+            secret,
+            db,
+        } => {
             let secret = if secret == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s)?;
@@ -330,7 +373,9 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
             } else {
                 secret
             };
-            open_directory(&db)?.set_sentry_secret(&tenant, &key, &secret).await?;
+            open_directory(&db)?
+                .set_sentry_secret(&tenant, &key, &secret)
+                .await?;
             println!("Sentry-Hook-Signature is now verified for {key}.");
         }
     }
@@ -338,7 +383,13 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
 }
 
 async fn tenants(cmd: TenantsCmd) -> Result<()> {
-    let TenantsCmd::SetAgents { tenant, severity, agents, reset, db } = cmd;
+    let TenantsCmd::SetAgents {
+        tenant,
+        severity,
+        agents,
+        reset,
+        db,
+    } = cmd;
     let dir = open_directory(&db)?;
     let mut overrides = if reset {
         AgentOverrides::default()
@@ -348,7 +399,9 @@ async fn tenants(cmd: TenantsCmd) -> Result<()> {
     if let (Some(sev), Some(agents)) = (severity, agents) {
         let sev = Severity::from_label(&sev)
             .filter(|s| s.as_str() == sev.trim().to_ascii_lowercase())
-            .with_context(|| format!("--severity {sev:?}: use critical, high, medium, low or info"))?;
+            .with_context(|| {
+                format!("--severity {sev:?}: use critical, high, medium, low or info")
+            })?;
         let list: Vec<String> = agents
             .split(',')
             .map(|a| a.trim().to_owned())
@@ -377,7 +430,10 @@ fn sign_stdin(secret: &str, timestamp: Option<&str>) -> Result<()> {
                     .with_context(|| format!("--timestamp {ts:?}: use Unix seconds"))?
                     .to_string()
             };
-            println!("X-Webhook-Signature: {}", sign(secret, &[ts.as_bytes(), b":", &body]));
+            println!(
+                "X-Webhook-Signature: {}",
+                sign(secret, &[ts.as_bytes(), b":", &body])
+            );
             println!("X-Webhook-Timestamp: {ts}");
         }
     }
@@ -385,11 +441,23 @@ fn sign_stdin(secret: &str, timestamp: Option<&str>) -> Result<()> {
 }
 
 async fn incidents(cmd: IncidentsCmd) -> Result<()> {
-    let IncidentsCmd::List { tenant, status, limit, json, db } = cmd;
+    let IncidentsCmd::List {
+        tenant,
+        status,
+        limit,
+        json,
+        db,
+    } = cmd;
     let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
     let store = SqliteIncidents::new(db);
     let query = IncidentQuery {
-        status: status.map(|s| if s == "open" { IncidentStatus::Open } else { IncidentStatus::Resolved }),
+        status: status.map(|s| {
+            if s == "open" {
+                IncidentStatus::Open
+            } else {
+                IncidentStatus::Resolved
+            }
+        }),
         limit: limit.clamp(1, 1000),
         cursor: None,
     };

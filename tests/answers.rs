@@ -70,9 +70,17 @@ async fn malformed_bodies_get_400_with_an_actionable_detail() {
             send(&s, provider, json, body.clone()).await
         };
         r.expect(400);
-        assert_eq!(r.code(), "invalid_payload", "{provider} {:?}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            r.code(),
+            "invalid_payload",
+            "{provider} {:?}",
+            String::from_utf8_lossy(&body)
+        );
         let detail = r.json["detail"].as_str().unwrap();
-        assert!(detail.contains(needle), "{provider}: detail {detail:?} should mention {needle:?}");
+        assert!(
+            detail.contains(needle),
+            "{provider}: detail {detail:?} should mention {needle:?}"
+        );
     }
     assert_eq!(s.dedup_rows().await, 0);
 }
@@ -81,16 +89,26 @@ async fn malformed_bodies_get_400_with_an_actionable_detail() {
 async fn oversized_bodies_get_413_before_parsing() {
     let s = Server::start().await;
     // 2 MiB of garbage: refused on its Content-Length, never parsed.
-    let r = send(&s, "generic", Some("application/json"), vec![b'x'; 2 * 1024 * 1024]).await;
+    let r = send(
+        &s,
+        "generic",
+        Some("application/json"),
+        vec![b'x'; 2 * 1024 * 1024],
+    )
+    .await;
     r.expect(413);
     assert_eq!(r.code(), "payload_too_large");
     // Just over the limit, sent chunked without a Content-Length: refused while reading.
     let (status, head) = chunked_post(&s, &vec![b' '; 256 * 1024 + 1]).await;
     assert_eq!(status, 413, "{head}");
     // Exactly at the limit is accepted (a valid alert padded with whitespace).
-    let mut body = json!({"sourceAlertId": "big", "title": "x"}).to_string().into_bytes();
+    let mut body = json!({"sourceAlertId": "big", "title": "x"})
+        .to_string()
+        .into_bytes();
     body.resize(256 * 1024, b' ');
-    send(&s, "generic", Some("application/json"), body).await.expect(202);
+    send(&s, "generic", Some("application/json"), body)
+        .await
+        .expect(202);
 }
 
 /// POSTs `body` with `Transfer-Encoding: chunked` over a raw socket; returns the status and head.
@@ -116,19 +134,41 @@ async fn chunked_post(s: &Server, body: &[u8]) -> (u16, String) {
     let mut resp = Vec::new();
     let _ = sock.read_to_end(&mut resp).await;
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_types() {
     let s = Server::start().await;
-    let body = |id: &str| json!({"sourceAlertId": id, "title": "x"}).to_string().into_bytes();
-    for (i, ct) in ["application/json", "application/json; charset=utf-8", "application/vnd.alert+json"].iter().enumerate() {
-        send(&s, "generic", Some(ct), body(&format!("ct{i}"))).await.expect(202);
+    let body = |id: &str| {
+        json!({"sourceAlertId": id, "title": "x"})
+            .to_string()
+            .into_bytes()
+    };
+    for (i, ct) in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/vnd.alert+json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        send(&s, "generic", Some(ct), body(&format!("ct{i}")))
+            .await
+            .expect(202);
     }
     send(&s, "generic", None, body("ct-none")).await.expect(202);
-    for ct in ["application/x-www-form-urlencoded", "text/plain", "application/xml", "multipart/form-data; boundary=x"] {
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+    ] {
         let r = send(&s, "generic", Some(ct), body("ct-bad")).await;
         r.expect(415);
         assert_eq!(r.code(), "unsupported_media_type");
@@ -136,7 +176,14 @@ async fn content_types() {
     // SNS posts its envelope as text/plain.
     let alarm = json!({"AlarmName":"cpu","AlarmArn":"arn:aws:cloudwatch:eu-west-1:123456789012:alarm:cpu","NewStateValue":"ALARM"});
     let env = json!({"Type":"Notification","MessageId":"m1","TopicArn":"arn:aws:sns:eu-west-1:123456789012:alarms","Message":alarm.to_string()});
-    send(&s, "cloudwatch", Some("text/plain; charset=UTF-8"), env.to_string().into_bytes()).await.expect(202);
+    send(
+        &s,
+        "cloudwatch",
+        Some("text/plain; charset=UTF-8"),
+        env.to_string().into_bytes(),
+    )
+    .await
+    .expect(202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,14 +192,30 @@ async fn unknown_provider_and_routes_are_404() {
     let r = send(&s, "pagerduty", Some("application/json"), b"{}".to_vec()).await;
     r.expect(404);
     assert_eq!(r.code(), "unknown_provider");
-    assert!(r.json["detail"].as_str().unwrap().contains("datadog, grafana, cloudwatch, sentry, generic"));
-    let r = Resp::from(s.client.get(format!("{}/nope", s.base)).send().await.unwrap()).await;
+    assert!(r.json["detail"]
+        .as_str()
+        .unwrap()
+        .contains("datadog, grafana, cloudwatch, sentry, generic"));
+    let r = Resp::from(
+        s.client
+            .get(format!("{}/nope", s.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     r.expect(404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_tenant_rate_limit_answers_429_with_retry_after() {
-    let s = Server::start_with(|c| c.rate_limit = RateLimit { per_sec: 0.5, burst: 3.0 }).await;
+    let s = Server::start_with(|c| {
+        c.rate_limit = RateLimit {
+            per_sec: 0.5,
+            burst: 3.0,
+        }
+    })
+    .await;
     for i in 0..3 {
         s.generic(&format!("rl{i}"), "firing").await.expect(202);
     }
@@ -167,7 +230,10 @@ async fn per_tenant_rate_limit_answers_429_with_retry_after() {
         s.client
             .post(format!("{}/v1/webhooks/globex/generic", s.base))
             .header("x-api-key", &other.api_key)
-            .header("x-webhook-signature", sign(&other.webhook_secret, &[body.as_bytes()]))
+            .header(
+                "x-webhook-signature",
+                sign(&other.webhook_secret, &[body.as_bytes()]),
+            )
             .body(body)
             .send()
             .await
@@ -209,7 +275,10 @@ async fn incidents_api_pages_filters_and_validates() {
     }
     s.generic("p0", "resolved").await.expect(202);
     for id in &ids {
-        s.wait_incident(id, |i| i.incident_id != ids[0] || i.status.as_str() == "resolved").await;
+        s.wait_incident(id, |i| {
+            i.incident_id != ids[0] || i.status.as_str() == "resolved"
+        })
+        .await;
     }
     let get = |q: String| {
         let s = &s;
@@ -227,11 +296,21 @@ async fn incidents_api_pages_filters_and_validates() {
     };
     let page1 = get("?limit=2".into()).await;
     page1.expect(200);
-    let got: Vec<&str> = page1.json["incidents"].as_array().unwrap().iter().map(|i| i["incidentId"].as_str().unwrap()).collect();
+    let got: Vec<&str> = page1.json["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["incidentId"].as_str().unwrap())
+        .collect();
     assert_eq!(got, [ids[4].as_str(), ids[3].as_str()], "newest first");
     let cursor = page1.json["nextCursor"].as_str().unwrap().to_owned();
     let page2 = get(format!("?limit=2&cursor={cursor}")).await;
-    let got: Vec<&str> = page2.json["incidents"].as_array().unwrap().iter().map(|i| i["incidentId"].as_str().unwrap()).collect();
+    let got: Vec<&str> = page2.json["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["incidentId"].as_str().unwrap())
+        .collect();
     assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
 
     let resolved = get("?status=resolved".into()).await;
@@ -267,7 +346,14 @@ async fn incidents_api_pages_filters_and_validates() {
     )
     .await;
     missing.expect(404);
-    let nokey = Resp::from(s.client.get(format!("{}/v1/tenants/acme/incidents", s.base)).send().await.unwrap()).await;
+    let nokey = Resp::from(
+        s.client
+            .get(format!("{}/v1/tenants/acme/incidents", s.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     nokey.expect(401);
     assert_eq!(nokey.code(), "missing_api_key");
 }

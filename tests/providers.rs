@@ -14,8 +14,10 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_scenarios() {
-    let manifest: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURES).join("scenarios.json")).unwrap()).unwrap();
+    let manifest: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURES).join("scenarios.json")).unwrap(),
+    )
+    .unwrap();
     assert!(manifest.len() >= 25, "the fixture manifest lost scenarios");
     let mut failures = Vec::new();
     let mut providers_seen = HashSet::new();
@@ -27,7 +29,12 @@ async fn provider_scenarios() {
         }
     }
     assert_eq!(providers_seen.len(), 5, "every provider has scenarios");
-    assert!(failures.is_empty(), "{} scenario(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 async fn run_scenario(scenario: &Value) -> Result<(), String> {
@@ -36,23 +43,39 @@ async fn run_scenario(scenario: &Value) -> Result<(), String> {
     let mut seen_incidents: HashSet<String> = HashSet::new();
     for (n, step) in scenario["steps"].as_array().unwrap().iter().enumerate() {
         let file = step["body"].as_str().unwrap();
-        let body = std::fs::read(Path::new(FIXTURES).join(file)).map_err(|e| format!("{file}: {e}"))?;
+        let body =
+            std::fs::read(Path::new(FIXTURES).join(file)).map_err(|e| format!("{file}: {e}"))?;
         let headers: Vec<(String, String)> = step["headers"]
             .as_object()
-            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect()
+            })
             .unwrap_or_default();
-        let extra: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let extra: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let signed = step["sign"].as_bool().unwrap_or(true);
         let r: Resp = s.post(provider, &body, signed, &extra).await;
         let ctx = format!("step {n} ({file})");
         let expect = &step["expect"];
         if r.status != expect["status"].as_u64().unwrap() as u16 {
-            return Err(format!("{ctx}: status {} != {}; body {}", r.status, expect["status"], r.text));
+            return Err(format!(
+                "{ctx}: status {} != {}; body {}",
+                r.status, expect["status"], r.text
+            ));
         }
         let want = expect["alerts"].as_array().unwrap();
         let got = r.json["alerts"].as_array().cloned().unwrap_or_default();
         if got.len() != want.len() {
-            return Err(format!("{ctx}: {} alerts answered, {} expected: {}", got.len(), want.len(), r.text));
+            return Err(format!(
+                "{ctx}: {} alerts answered, {} expected: {}",
+                got.len(),
+                want.len(),
+                r.text
+            ));
         }
         for (w, g) in want.iter().zip(&got) {
             for f in ["sourceAlertId", "outcome"] {
@@ -74,7 +97,11 @@ async fn run_scenario(scenario: &Value) -> Result<(), String> {
                     }
                 }
                 ("ignored" | "acknowledged", None) => {}
-                _ => return Err(format!("{ctx}: outcome {outcome} with incident {incident_id:?}")),
+                _ => {
+                    return Err(format!(
+                        "{ctx}: outcome {outcome} with incident {incident_id:?}"
+                    ))
+                }
             }
             if let (Some(wi), Some(id)) = (w.get("incident"), &incident_id) {
                 check_incident(&s, &ctx, id, wi).await?;
@@ -89,17 +116,30 @@ async fn check_incident(s: &Server, ctx: &str, id: &str, want: &Value) -> Result
     let status = want["status"].as_str().unwrap_or("open");
     let inc = s.wait_incident(id, |i| i.status.as_str() == status).await;
     let inc_json = serde_json::to_value(&inc).unwrap();
-    for f in ["severity", "agents", "title", "service", "environment", "test"] {
+    for f in [
+        "severity",
+        "agents",
+        "title",
+        "service",
+        "environment",
+        "test",
+    ] {
         if let Some(w) = want.get(f) {
             if &inc_json[f] != w {
-                return Err(format!("{ctx}: incident {f} {} != expected {w}", inc_json[f]));
+                return Err(format!(
+                    "{ctx}: incident {f} {} != expected {w}",
+                    inc_json[f]
+                ));
             }
         }
     }
     if let Some(tags) = want.get("tags").and_then(Value::as_object) {
         for (k, v) in tags {
             if inc_json["tags"][k] != *v {
-                return Err(format!("{ctx}: tag {k} = {} != expected {v} (tags {})", inc_json["tags"][k], inc_json["tags"]));
+                return Err(format!(
+                    "{ctx}: tag {k} = {} != expected {v} (tags {})",
+                    inc_json["tags"][k], inc_json["tags"]
+                ));
             }
         }
     }
@@ -108,13 +148,26 @@ async fn check_incident(s: &Server, ctx: &str, id: &str, want: &Value) -> Result
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let rows = s.app.dispatcher.for_incident(&s.tenant, id).await.unwrap();
-        let of = |kind: &str| -> Vec<String> { rows.iter().filter(|r| r.kind == kind).map(|r| r.agent.clone()).collect() };
-        let want_cancel = if status == "resolved" { agents.clone() } else { vec![] };
+        let of = |kind: &str| -> Vec<String> {
+            rows.iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| r.agent.clone())
+                .collect()
+        };
+        let want_cancel = if status == "resolved" {
+            agents.clone()
+        } else {
+            vec![]
+        };
         if of("dispatch") == agents && of("cancel") == want_cancel {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("{ctx}: dispatched {:?} / cancelled {:?}, expected {agents:?} / {want_cancel:?}", of("dispatch"), of("cancel")));
+            return Err(format!(
+                "{ctx}: dispatched {:?} / cancelled {:?}, expected {agents:?} / {want_cancel:?}",
+                of("dispatch"),
+                of("cancel")
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

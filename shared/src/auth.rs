@@ -113,7 +113,10 @@ pub enum TimestampError {
 
 /// Checks a Grafana signature timestamp (Unix seconds) against `now`.
 pub fn check_timestamp(value: &str, now_unix: i64) -> Result<(), TimestampError> {
-    let ts: i64 = value.trim().parse().map_err(|_| TimestampError::Malformed)?;
+    let ts: i64 = value
+        .trim()
+        .parse()
+        .map_err(|_| TimestampError::Malformed)?;
     let skew = now_unix.saturating_sub(ts).saturating_abs();
     if skew > MAX_TIMESTAMP_SKEW_SECS {
         return Err(TimestampError::Stale(skew));
@@ -131,12 +134,27 @@ mod tests {
         let sig = sign("s3cret", &[body]);
         assert_eq!(verify(&["s3cret"], &[body], &sig), Ok(()));
         assert_eq!(verify(&["s3cret"], &[body], &sig.to_uppercase()), Ok(()));
-        assert_eq!(verify(&["s3cret"], &[body], &format!("sha256={sig}")), Ok(()));
+        assert_eq!(
+            verify(&["s3cret"], &[body], &format!("sha256={sig}")),
+            Ok(())
+        );
         assert_eq!(verify(&["old", "s3cret"], &[body], &sig), Ok(()));
-        assert_eq!(verify(&["other"], &[body], &sig), Err(SignatureError::Mismatch));
-        assert_eq!(verify(&["s3cret"], &[b"{}"], &sig), Err(SignatureError::Mismatch));
-        assert_eq!(verify(&["s3cret"], &[body], &sig[..63]), Err(SignatureError::Malformed));
-        assert_eq!(verify(&["s3cret"], &[body], "zz"), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(&["other"], &[body], &sig),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(&["s3cret"], &[b"{}"], &sig),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(&["s3cret"], &[body], &sig[..63]),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(&["s3cret"], &[body], "zz"),
+            Err(SignatureError::Malformed)
+        );
         assert_eq!(verify(&[], &[body], &sig), Err(SignatureError::Mismatch));
     }
 

@@ -123,19 +123,52 @@ mod tests {
     fn lifecycle() {
         let new = || "inc_new".to_owned();
         use AlertStatus::*;
-        assert_eq!(decide(None, Firing, 0, new), Decision::Create { incident_id: "inc_new".into() });
+        assert_eq!(
+            decide(None, Firing, 0, new),
+            Decision::Create {
+                incident_id: "inc_new".into()
+            }
+        );
         let open = rec(false, 0, 100);
-        assert_eq!(decide(Some(&open), Firing, 50, new), Decision::Duplicate { incident_id: "inc_1".into() });
-        assert_eq!(decide(Some(&open), Resolved, 50, new), Decision::Resolve { incident_id: "inc_1".into() });
+        assert_eq!(
+            decide(Some(&open), Firing, 50, new),
+            Decision::Duplicate {
+                incident_id: "inc_1".into()
+            }
+        );
+        assert_eq!(
+            decide(Some(&open), Resolved, 50, new),
+            Decision::Resolve {
+                incident_id: "inc_1".into()
+            }
+        );
         assert_eq!(decide(None, Resolved, 50, new), Decision::Ignore);
         // Expired records release the key.
-        assert_eq!(decide(Some(&open), Firing, 100, new), Decision::Create { incident_id: "inc_new".into() });
+        assert_eq!(
+            decide(Some(&open), Firing, 100, new),
+            Decision::Create {
+                incident_id: "inc_new".into()
+            }
+        );
         assert_eq!(decide(Some(&open), Resolved, 100, new), Decision::Ignore);
         // A live pending lease is a concurrent request in flight; a stale one is taken over.
         let pending = rec(true, 10, 100);
-        assert_eq!(decide(Some(&pending), Firing, 5, new), Decision::Duplicate { incident_id: "inc_1".into() });
-        assert_eq!(decide(Some(&pending), Firing, 10, new), Decision::Create { incident_id: "inc_1".into() });
-        assert_eq!(decide(Some(&open), Acknowledged, 5, new), Decision::Acknowledge);
+        assert_eq!(
+            decide(Some(&pending), Firing, 5, new),
+            Decision::Duplicate {
+                incident_id: "inc_1".into()
+            }
+        );
+        assert_eq!(
+            decide(Some(&pending), Firing, 10, new),
+            Decision::Create {
+                incident_id: "inc_1".into()
+            }
+        );
+        assert_eq!(
+            decide(Some(&open), Acknowledged, 5, new),
+            Decision::Acknowledge
+        );
     }
 
     #[test]

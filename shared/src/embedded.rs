@@ -14,7 +14,9 @@ use crate::auth::IssuedKey;
 use crate::dedup::DedupConfig;
 use crate::error::StoreError;
 use crate::http::{router, AppState, RateLimit};
-use crate::sqlite::{Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue};
+use crate::sqlite::{
+    Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue,
+};
 use crate::triage::Triage;
 
 /// Settings of the one-machine host.
@@ -59,7 +61,9 @@ pub fn validate_agent_webhook(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("--agent-webhook {url:?}: {e}"))?;
     match parsed.scheme() {
         "http" | "https" if parsed.host().is_some() => Ok(()),
-        _ => Err(format!("--agent-webhook {url:?}: use an http:// or https:// URL")),
+        _ => Err(format!(
+            "--agent-webhook {url:?}: use an http:// or https:// URL"
+        )),
     }
 }
 
@@ -111,7 +115,10 @@ impl Embedded {
     ) -> std::io::Result<()> {
         let released = self.queue.release_in_flight().await.unwrap_or(0);
         if released > 0 {
-            info!(released, "re-queued alerts left in flight by a previous process");
+            info!(
+                released,
+                "re-queued alerts left in flight by a previous process"
+            );
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let triage = tokio::spawn(self.clone().triage_loop(stop_rx.clone()));
@@ -145,7 +152,8 @@ impl Embedded {
                 Ok(batch) if !batch.is_empty() => {
                     let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
                     let failed = self.triage.handle_batch(batch).await;
-                    let done: Vec<String> = ids.into_iter().filter(|i| !failed.contains(i)).collect();
+                    let done: Vec<String> =
+                        ids.into_iter().filter(|i| !failed.contains(i)).collect();
                     if let Err(e) = self.queue.ack(done).await {
                         warn!(error = %e, "acking triaged alerts failed; they will be redelivered");
                     }
@@ -200,7 +208,11 @@ impl Embedded {
                           "agent webhook delivery failed; will retry");
                 }
                 let backoff = 1_000i64 << row.attempts.clamp(0, 8);
-                if let Err(e) = self.dispatcher.record_attempt(&row.task_id, ok, backoff.min(300_000)).await {
+                if let Err(e) = self
+                    .dispatcher
+                    .record_attempt(&row.task_id, ok, backoff.min(300_000))
+                    .await
+                {
                     warn!(error = %e, "recording a delivery attempt failed");
                 }
             }

@@ -69,9 +69,19 @@ mod tests {
         );
         assert_eq!(
             default_agents(Sentry, Critical),
-            ["logs", "metrics", "traces", "deploys", "infrastructure", "errors"]
+            [
+                "logs",
+                "metrics",
+                "traces",
+                "deploys",
+                "infrastructure",
+                "errors"
+            ]
         );
-        assert_eq!(default_agents(Sentry, High), ["logs", "metrics", "deploys", "errors"]);
+        assert_eq!(
+            default_agents(Sentry, High),
+            ["logs", "metrics", "deploys", "errors"]
+        );
         assert_eq!(
             default_agents(Cloudwatch, High),
             ["logs", "metrics", "deploys", "infrastructure"]

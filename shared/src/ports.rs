@@ -54,9 +54,14 @@ pub trait IncidentStore: Send + Sync {
     /// Marks the incident resolved (inserting `incident` as given when it was never opened);
     /// returns what is stored.
     async fn resolve(&self, incident: Incident) -> Result<Incident, StoreError>;
-    async fn get(&self, tenant_id: &str, incident_id: &str) -> Result<Option<Incident>, StoreError>;
+    async fn get(&self, tenant_id: &str, incident_id: &str)
+        -> Result<Option<Incident>, StoreError>;
     /// Newest first.
-    async fn list(&self, tenant_id: &str, query: &IncidentQuery) -> Result<IncidentPage, StoreError>;
+    async fn list(
+        &self,
+        tenant_id: &str,
+        query: &IncidentQuery,
+    ) -> Result<IncidentPage, StoreError>;
 }
 
 /// A page request of `GET /v1/tenants/{t}/incidents`.

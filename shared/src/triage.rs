@@ -167,8 +167,17 @@ mod tests {
 
     #[test]
     fn task_ids_are_stable_and_distinct() {
-        assert_eq!(task_id("i", "logs", TaskKind::Dispatch), task_id("i", "logs", TaskKind::Dispatch));
-        assert_ne!(task_id("i", "logs", TaskKind::Dispatch), task_id("i", "metrics", TaskKind::Dispatch));
-        assert_ne!(task_id("i", "logs", TaskKind::Dispatch), task_id("i", "logs", TaskKind::Cancel));
+        assert_eq!(
+            task_id("i", "logs", TaskKind::Dispatch),
+            task_id("i", "logs", TaskKind::Dispatch)
+        );
+        assert_ne!(
+            task_id("i", "logs", TaskKind::Dispatch),
+            task_id("i", "metrics", TaskKind::Dispatch)
+        );
+        assert_ne!(
+            task_id("i", "logs", TaskKind::Dispatch),
+            task_id("i", "logs", TaskKind::Cancel)
+        );
     }
 }

@@ -51,7 +51,10 @@ impl Server {
 
     pub async fn start_with(tweak: impl FnOnce(&mut EmbeddedConfig)) -> Server {
         let mut config = EmbeddedConfig::new(tempdir().join("causeflow.db"));
-        config.rate_limit = RateLimit { per_sec: 0.0, burst: 0.0 };
+        config.rate_limit = RateLimit {
+            per_sec: 0.0,
+            burst: 0.0,
+        };
         tweak(&mut config);
         let app = Embedded::open(config).unwrap();
         let key = app.directory.create_key("acme", "test").await.unwrap();
@@ -94,7 +97,13 @@ impl Server {
     }
 
     /// POSTs `body` with the key and, when `signed`, X-Webhook-Signature.
-    pub async fn post(&self, provider: &str, body: &[u8], signed: bool, extra: &[(&str, &str)]) -> Resp {
+    pub async fn post(
+        &self,
+        provider: &str,
+        body: &[u8],
+        signed: bool,
+        extra: &[(&str, &str)],
+    ) -> Resp {
         let mut req = self
             .client
             .post(self.webhook_url(provider))
@@ -112,19 +121,33 @@ impl Server {
     /// A signed generic alert.
     pub async fn generic(&self, id: &str, status: &str) -> Resp {
         let body = serde_json::json!({"sourceAlertId": id, "title": format!("alert {id}"), "status": status, "severity": "high"});
-        self.post("generic", body.to_string().as_bytes(), true, &[]).await
+        self.post("generic", body.to_string().as_bytes(), true, &[])
+            .await
     }
 
     /// Waits (bounded) until triage has recorded the incident and `ready` holds for it.
-    pub async fn wait_incident(&self, incident_id: &str, ready: impl Fn(&Incident) -> bool) -> Incident {
+    pub async fn wait_incident(
+        &self,
+        incident_id: &str,
+        ready: impl Fn(&Incident) -> bool,
+    ) -> Incident {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(i) = self.app.incidents.get(&self.tenant, incident_id).await.unwrap() {
+            if let Some(i) = self
+                .app
+                .incidents
+                .get(&self.tenant, incident_id)
+                .await
+                .unwrap()
+            {
                 if ready(&i) {
                     return i;
                 }
             }
-            assert!(Instant::now() < deadline, "incident {incident_id} not triaged within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "incident {incident_id} not triaged within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -162,7 +185,12 @@ impl Resp {
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp { status, headers, json, text }
+        Resp {
+            status,
+            headers,
+            json,
+            text,
+        }
     }
 
     pub fn code(&self) -> &str {
@@ -170,12 +198,18 @@ impl Resp {
     }
 
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The first alert's incident id.
     pub fn incident_id(&self) -> String {
-        self.json["alerts"][0]["incidentId"].as_str().unwrap_or_default().to_owned()
+        self.json["alerts"][0]["incidentId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn outcome(&self) -> &str {
@@ -184,9 +218,18 @@ impl Resp {
 
     /// Asserts the status and that errors are problem+json with a detail.
     pub fn expect(&self, status: u16) -> &Self {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
         if status >= 400 {
-            assert_eq!(self.header("content-type"), "application/problem+json", "{}", self.text);
+            assert_eq!(
+                self.header("content-type"),
+                "application/problem+json",
+                "{}",
+                self.text
+            );
             assert!(
                 self.json["detail"].as_str().is_some_and(|d| d.len() > 10),
                 "problem without a useful detail: {}",

@@ -53,10 +53,16 @@ impl AppState {
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/v1/webhooks/{tenant}/{provider}", post(webhook::handle))
         .route("/v1/tenants/{tenant}/incidents", get(list_incidents))
-        .route("/v1/tenants/{tenant}/incidents/{incident}", get(get_incident))
+        .route(
+            "/v1/tenants/{tenant}/incidents/{incident}",
+            get(get_incident),
+        )
         .fallback(|| async {
             ApiError::NotFound(
                 "No such route: webhooks go to POST /v1/webhooks/{tenantId}/{provider}, incidents \
@@ -68,7 +74,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Authenticates a read of `tenant`'s data by its `X-API-Key`.
-async fn authenticate_tenant(app: &AppState, headers: &HeaderMap, tenant: &str) -> Result<(), ApiError> {
+async fn authenticate_tenant(
+    app: &AppState,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<(), ApiError> {
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())

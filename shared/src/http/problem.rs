@@ -140,7 +140,10 @@ impl IntoResponse for ApiError {
             "detail": detail,
         });
         if let ApiError::Duplicate { alerts } = &self {
-            let ids: Vec<&str> = alerts.iter().filter_map(|a| a.incident_id.as_deref()).collect();
+            let ids: Vec<&str> = alerts
+                .iter()
+                .filter_map(|a| a.incident_id.as_deref())
+                .collect();
             body["incidentIds"] = json!(ids);
             body["alerts"] = json!(alerts);
         }
@@ -151,7 +154,8 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         if let Some(secs) = retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -159,7 +163,10 @@ impl IntoResponse for ApiError {
 
 fn problem_json(body: Value) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
         body.to_string(),
     )
 }

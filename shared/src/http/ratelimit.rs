@@ -53,7 +53,10 @@ impl RateLimiter {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.limit.per_sec).max(Duration::from_secs(1)))
+            Err(
+                Duration::from_secs_f64((1.0 - *tokens) / self.limit.per_sec)
+                    .max(Duration::from_secs(1)),
+            )
         }
     }
 }
@@ -64,13 +67,19 @@ mod tests {
 
     #[test]
     fn burst_then_refuse_per_tenant() {
-        let l = RateLimiter::new(RateLimit { per_sec: 1.0, burst: 3.0 });
+        let l = RateLimiter::new(RateLimit {
+            per_sec: 1.0,
+            burst: 3.0,
+        });
         for _ in 0..3 {
             assert!(l.check("a").is_ok());
         }
         assert!(l.check("a").unwrap_err() >= Duration::from_secs(1));
         assert!(l.check("b").is_ok());
-        let off = RateLimiter::new(RateLimit { per_sec: 0.0, burst: 0.0 });
+        let off = RateLimiter::new(RateLimit {
+            per_sec: 0.0,
+            burst: 0.0,
+        });
         assert!((0..1000).all(|_| off.check("a").is_ok()));
     }
 }

@@ -21,7 +21,10 @@ use crate::ports::KeyRecord;
 const API_KEY: &str = "x-api-key";
 const SIGNATURE: &str = "x-webhook-signature";
 const GRAFANA_SIGNATURE: &str = "x-grafana-alerting-signature";
-const TIMESTAMPS: [&str; 2] = ["x-webhook-timestamp", "x-grafana-alerting-signature-timestamp"];
+const TIMESTAMPS: [&str; 2] = [
+    "x-webhook-timestamp",
+    "x-grafana-alerting-signature-timestamp",
+];
 const SENTRY_SIGNATURE: &str = "sentry-hook-signature";
 const SENTRY_RESOURCE: &str = "sentry-hook-resource";
 
@@ -59,7 +62,9 @@ pub(super) async fn handle(
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > app.max_body as u64 {
-            return Err(ApiError::PayloadTooLarge { limit: app.max_body });
+            return Err(ApiError::PayloadTooLarge {
+                limit: app.max_body,
+            });
         }
     }
 
@@ -73,7 +78,9 @@ pub(super) async fn handle(
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::PayloadTooLarge { limit: app.max_body }
+                ApiError::PayloadTooLarge {
+                    limit: app.max_body,
+                }
             } else {
                 ApiError::InvalidPayload(format!("the body could not be read: {e}"))
             }
@@ -125,10 +132,12 @@ pub(super) async fn handle(
         resolved = count(Outcome::Resolved),
         "webhook accepted"
     );
-    let status = if results
-        .iter()
-        .any(|r| matches!(r.outcome, Outcome::Created | Outcome::Resolved | Outcome::Ignored))
-    {
+    let status = if results.iter().any(|r| {
+        matches!(
+            r.outcome,
+            Outcome::Created | Outcome::Resolved | Outcome::Ignored
+        )
+    }) {
         StatusCode::ACCEPTED
     } else if results.iter().any(|r| r.outcome == Outcome::Duplicate) {
         return Err(ApiError::Duplicate { alerts: results });
@@ -147,7 +156,12 @@ fn check_content_type(headers: &HeaderMap, provider: Provider) -> Result<(), Api
         return Ok(());
     };
     let raw = ct.to_str().unwrap_or("");
-    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let ok = essence.is_empty()
         || essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
@@ -160,7 +174,11 @@ fn check_content_type(headers: &HeaderMap, provider: Provider) -> Result<(), Api
     }
 }
 
-async fn authenticate(app: &AppState, headers: &HeaderMap, tenant: &str) -> Result<KeyRecord, ApiError> {
+async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<KeyRecord, ApiError> {
     let key = header_str(headers, API_KEY).ok_or(ApiError::MissingApiKey("X-API-Key"))?;
     match app.directory.key_by_hash(&hash_api_key(key)).await? {
         // One answer for unknown, revoked and other tenants' keys: do not reveal which.
@@ -200,11 +218,16 @@ fn check_signature(
     key: &KeyRecord,
 ) -> Result<Signed, ApiError> {
     let secrets: Vec<&str> = key.webhook_secrets.iter().map(String::as_str).collect();
-    let ours = header_str(headers, SIGNATURE).map(|s| (s, "X-Webhook-Signature")).or_else(|| {
-        (provider == Provider::Grafana)
-            .then(|| header_str(headers, GRAFANA_SIGNATURE).map(|s| (s, "X-Grafana-Alerting-Signature")))
-            .flatten()
-    });
+    let ours = header_str(headers, SIGNATURE)
+        .map(|s| (s, "X-Webhook-Signature"))
+        .or_else(|| {
+            (provider == Provider::Grafana)
+                .then(|| {
+                    header_str(headers, GRAFANA_SIGNATURE)
+                        .map(|s| (s, "X-Grafana-Alerting-Signature"))
+                })
+                .flatten()
+        });
     if let Some((sig, name)) = ours {
         let ts = TIMESTAMPS.iter().find_map(|h| header_str(headers, h));
         match ts {
@@ -217,7 +240,8 @@ fn check_signature(
                         "The signature timestamp is {s} s away from the server's clock; at most 300 s are accepted. Check the sender's clock."
                     )),
                 })?;
-                verify(&secrets, &[ts.as_bytes(), b":", body], sig).map_err(|e| mismatch(e, name))?;
+                verify(&secrets, &[ts.as_bytes(), b":", body], sig)
+                    .map_err(|e| mismatch(e, name))?;
             }
             None => verify(&secrets, &[body], sig).map_err(|e| mismatch(e, name))?,
         }

@@ -55,7 +55,13 @@ pub(super) fn normalize(root: &Map<String, Value>) -> Result<Normalized, Payload
 }
 
 fn alarm_alert(alarm: &Map<String, Value>, p: &str) -> Result<Alert, PayloadError> {
-    let field = |k: &str| if p.is_empty() { k.to_owned() } else { format!("{p}.{k}") };
+    let field = |k: &str| {
+        if p.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{p}.{k}")
+        }
+    };
     let arn = text_field(alarm, "AlarmArn", p)?
         .ok_or_else(|| PayloadError::new(field("AlarmArn"), "the alarm's ARN (a string)"))?;
     let status = match str_field(alarm, "NewStateValue", p)? {
@@ -121,18 +127,28 @@ mod tests {
     fn envelope_and_bare() {
         let alarm = json!({"AlarmName":"cpu","AlarmArn":"arn:aws:cloudwatch:eu-west-1:1:alarm:cpu","NewStateValue":"ALARM",
             "Trigger":{"Namespace":"AWS/EC2","MetricName":"CPUUtilization","Dimensions":[{"value":"i-1","name":"InstanceId"}]}});
-        let Value::Object(env) = json!({"Type":"Notification","Message": alarm.to_string()}) else { unreachable!() };
-        let Normalized::Alerts(a) = normalize(&env).unwrap() else { panic!() };
+        let Value::Object(env) = json!({"Type":"Notification","Message": alarm.to_string()}) else {
+            unreachable!()
+        };
+        let Normalized::Alerts(a) = normalize(&env).unwrap() else {
+            panic!()
+        };
         assert_eq!(a[0].tags["InstanceId"], "i-1");
         assert_eq!(a[0].severity, Severity::High);
-        let Value::Object(bare) = alarm else { unreachable!() };
-        let Normalized::Alerts(b) = normalize(&bare).unwrap() else { panic!() };
+        let Value::Object(bare) = alarm else {
+            unreachable!()
+        };
+        let Normalized::Alerts(b) = normalize(&bare).unwrap() else {
+            panic!()
+        };
         assert_eq!(a[0].source_alert_id, b[0].source_alert_id);
     }
 
     #[test]
     fn bad_message_says_what_to_fix() {
-        let Value::Object(env) = json!({"Type":"Notification","Message":"{not json"}) else { unreachable!() };
+        let Value::Object(env) = json!({"Type":"Notification","Message":"{not json"}) else {
+            unreachable!()
+        };
         assert_eq!(normalize(&env).unwrap_err().field, "Message");
     }
 }

@@ -44,7 +44,12 @@ pub(super) fn normalize(root: &Map<String, Value>) -> Result<Alert, PayloadError
         .or_else(|| alert_type.and_then(type_severity))
         .unwrap_or(Severity::Medium);
 
-    let mut a = alert(source_id, status, title.unwrap_or("Datadog alert"), severity);
+    let mut a = alert(
+        source_id,
+        status,
+        title.unwrap_or("Datadog alert"),
+        severity,
+    );
     a.message = match text_field(root, "text", "")? {
         Some(t) => Some(t.to_owned()),
         None => text_field(root, "body", "")?.map(str::to_owned),
@@ -89,7 +94,8 @@ fn is_recovery(transition: Option<&str>, alert_type: Option<&str>, prefixes: &[&
             alert_type.is_some_and(|t| t.trim().eq_ignore_ascii_case("success"))
                 || prefixes.iter().any(|p| {
                     // "[Recovered]" or "[Recovered on {host:web-1}]", after an optional "[P2]".
-                    p.get(..9).is_some_and(|w| w.eq_ignore_ascii_case("recovered"))
+                    p.get(..9)
+                        .is_some_and(|w| w.eq_ignore_ascii_case("recovered"))
                 })
         }
     }
@@ -140,8 +146,10 @@ mod tests {
 
     #[test]
     fn page_shape() {
-        let a = run(json!({"alert_id":"12345678","title":"High error rate","text":"x",
-            "alert_type":"error","priority":"P1","tags":"env:production,service:payment-service,team:platform"}));
+        let a = run(
+            json!({"alert_id":"12345678","title":"High error rate","text":"x",
+            "alert_type":"error","priority":"P1","tags":"env:production,service:payment-service,team:platform"}),
+        );
         assert_eq!(a.source_alert_id, "12345678");
         assert_eq!(a.severity, Severity::Critical);
         assert_eq!(a.tags["team"], "platform");
@@ -150,29 +158,40 @@ mod tests {
 
     #[test]
     fn default_template_reads_title_prefixes() {
-        let a = run(json!({"id":"7","title":"[P2] [Triggered] Disk full","body":"b","event_type":"query_alert_monitor"}));
+        let a = run(
+            json!({"id":"7","title":"[P2] [Triggered] Disk full","body":"b","event_type":"query_alert_monitor"}),
+        );
         assert_eq!(a.severity, Severity::High);
         assert_eq!(a.status, AlertStatus::Firing);
         let a = run(json!({"id":"8","title":"[Recovered] Disk full"}));
         assert_eq!(a.status, AlertStatus::Resolved);
         let a = run(json!({"id":"9","title":"[P2] [Recovered on {host:web-1}] Disk full"}));
-        assert_eq!((a.status, a.severity), (AlertStatus::Resolved, Severity::High));
+        assert_eq!(
+            (a.status, a.severity),
+            (AlertStatus::Resolved, Severity::High)
+        );
         assert_eq!(a.severity, Severity::Medium);
     }
 
     #[test]
     fn cycle_key_wins_and_recovered_resolves() {
-        let a = run(json!({"alert_id":"1","alert_cycle_key":"c1","alert_transition":"Recovered","alert_type":"success"}));
+        let a = run(
+            json!({"alert_id":"1","alert_cycle_key":"c1","alert_transition":"Recovered","alert_type":"success"}),
+        );
         assert_eq!(a.source_alert_id, "c1");
         assert_eq!(a.status, AlertStatus::Resolved);
-        let a = run(json!({"alert_id":"1","alert_cycle_key":"","alert_transition":"No Data","alert_priority":""}));
+        let a = run(
+            json!({"alert_id":"1","alert_cycle_key":"","alert_transition":"No Data","alert_priority":""}),
+        );
         assert_eq!(a.source_alert_id, "1");
         assert_eq!(a.status, AlertStatus::Firing);
     }
 
     #[test]
     fn missing_id_is_a_clear_error() {
-        let Value::Object(m) = json!({"title":"x"}) else { unreachable!() };
+        let Value::Object(m) = json!({"title":"x"}) else {
+            unreachable!()
+        };
         let e = normalize(&m).unwrap_err();
         assert!(e.expected.contains("$ALERT_ID"), "{e}");
     }

@@ -6,8 +6,9 @@ use super::{alert, arr_field, str_field, string_map, text_field, type_name, Payl
 use crate::model::{Alert, AlertStatus, Severity};
 
 pub(super) fn normalize(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
-    let id = text_field(root, "sourceAlertId", "")?
-        .ok_or_else(|| PayloadError::new("sourceAlertId", "a non-empty string identifying the alert"))?;
+    let id = text_field(root, "sourceAlertId", "")?.ok_or_else(|| {
+        PayloadError::new("sourceAlertId", "a non-empty string identifying the alert")
+    })?;
     let title = text_field(root, "title", "")?
         .ok_or_else(|| PayloadError::new("title", "a non-empty string"))?;
     let status = match str_field(root, "status", "")? {
@@ -68,12 +69,20 @@ mod tests {
 
     #[test]
     fn fields_and_errors() {
-        let Value::Object(m) = json!({"sourceAlertId":"a","title":"t","severity":"P2","tags":{"team":"x","n":3}}) else { unreachable!() };
+        let Value::Object(m) =
+            json!({"sourceAlertId":"a","title":"t","severity":"P2","tags":{"team":"x","n":3}})
+        else {
+            unreachable!()
+        };
         let a = normalize(&m).unwrap();
         assert_eq!((a.severity, a.tags["n"].as_str()), (Severity::High, "3"));
-        let Value::Object(m) = json!({"sourceAlertId":"a","title":"t","status":"open"}) else { unreachable!() };
+        let Value::Object(m) = json!({"sourceAlertId":"a","title":"t","status":"open"}) else {
+            unreachable!()
+        };
         assert_eq!(normalize(&m).unwrap_err().field, "status");
-        let Value::Object(m) = json!({"sourceAlertId":"a","title":"t","tags":{"x":{"y":1}}}) else { unreachable!() };
+        let Value::Object(m) = json!({"sourceAlertId":"a","title":"t","tags":{"x":{"y":1}}}) else {
+            unreachable!()
+        };
         assert_eq!(normalize(&m).unwrap_err().field, "tags.x");
     }
 }

@@ -46,7 +46,11 @@ pub(super) fn normalize(root: &Map<String, Value>) -> Result<Normalized, Payload
     ))
 }
 
-fn unified(root: &Map<String, Value>, a: &Map<String, Value>, p: &str) -> Result<Alert, PayloadError> {
+fn unified(
+    root: &Map<String, Value>,
+    a: &Map<String, Value>,
+    p: &str,
+) -> Result<Alert, PayloadError> {
     let fingerprint = id_field(a, "fingerprint", p)?.ok_or_else(|| {
         PayloadError::new(
             format!("{p}.fingerprint"),
@@ -174,7 +178,10 @@ fn oncall(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
     out.tags = tags;
     if let Some(links) = obj_field(group, "permalinks", "alert_group")? {
         for key in ["web", "slack", "telegram"] {
-            push_link(&mut out.links, text_field(links, key, "alert_group.permalinks")?);
+            push_link(
+                &mut out.links,
+                text_field(links, key, "alert_group.permalinks")?,
+            );
         }
     }
     if let Some(p) = payload {
@@ -203,7 +210,11 @@ fn add_oncall_labels(
                 tags.insert(k.to_owned(), v.to_owned());
             }
             _ => {
-                add_pair_tags(tags, std::slice::from_ref(l), &format!("alert_group.labels[{i}]"))?;
+                add_pair_tags(
+                    tags,
+                    std::slice::from_ref(l),
+                    &format!("alert_group.labels[{i}]"),
+                )?;
             }
         }
     }
@@ -238,7 +249,11 @@ mod tests {
 
     #[test]
     fn missing_fingerprint_names_the_alert() {
-        let Value::Object(m) = json!({"alerts":[{"status":"firing","fingerprint":"a"},{"status":"firing"}]}) else { unreachable!() };
+        let Value::Object(m) =
+            json!({"alerts":[{"status":"firing","fingerprint":"a"},{"status":"firing"}]})
+        else {
+            unreachable!()
+        };
         assert_eq!(normalize(&m).unwrap_err().field, "alerts[1].fingerprint");
     }
 
@@ -256,8 +271,17 @@ mod tests {
     fn oncall_events() {
         let base = |t: &str, state: &str| json!({"event":{"type":t},"alert_group":{"id":"IXYZ","state":state,"title":"DB down"},"alert_group_id":"IXYZ","alert_payload":{"commonLabels":{"severity":"critical"}}});
         let a = alerts(base("escalation", "firing"));
-        assert_eq!((a[0].status, a[0].severity), (AlertStatus::Firing, Severity::Critical));
-        assert_eq!(alerts(base("acknowledge", "acknowledged"))[0].status, AlertStatus::Acknowledged);
-        assert_eq!(alerts(base("resolve", "resolved"))[0].status, AlertStatus::Resolved);
+        assert_eq!(
+            (a[0].status, a[0].severity),
+            (AlertStatus::Firing, Severity::Critical)
+        );
+        assert_eq!(
+            alerts(base("acknowledge", "acknowledged"))[0].status,
+            AlertStatus::Acknowledged
+        );
+        assert_eq!(
+            alerts(base("resolve", "resolved"))[0].status,
+            AlertStatus::Resolved
+        );
     }
 }

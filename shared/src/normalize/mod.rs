@@ -248,7 +248,10 @@ fn add_pair_tags(
             }
             Value::Object(m) => {
                 if let (Some(Value::String(k)), Some(v)) = (m.get("key"), m.get("value")) {
-                    tags.insert(k.clone(), scalar_string(v, || format!("{field}[{i}].value"))?);
+                    tags.insert(
+                        k.clone(),
+                        scalar_string(v, || format!("{field}[{i}].value"))?,
+                    );
                     continue;
                 }
                 return Err(PayloadError::new(

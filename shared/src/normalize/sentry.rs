@@ -38,7 +38,10 @@ fn level_severity(level: Option<&str>) -> Severity {
 
 fn data(root: &Map<String, Value>) -> Result<&Map<String, Value>, PayloadError> {
     obj_field(root, "data", "")?.ok_or_else(|| {
-        PayloadError::new("data", "an object (Sentry integration webhooks carry `data`)")
+        PayloadError::new(
+            "data",
+            "an object (Sentry integration webhooks carry `data`)",
+        )
     })
 }
 
@@ -68,7 +71,9 @@ fn legacy(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
         }
     }
     if let Some(p) = text_field(root, "project_slug", "")?.or(text_field(root, "project", "")?) {
-        a.tags.entry("project".into()).or_insert_with(|| p.to_owned());
+        a.tags
+            .entry("project".into())
+            .or_insert_with(|| p.to_owned());
     }
     push_link(&mut a.links, text_field(root, "url", "")?);
     Ok(a)
@@ -84,7 +89,12 @@ fn issue(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
         _ => AlertStatus::Firing,
     };
     let title = text_field(issue, "title", "data.issue")?.unwrap_or("Sentry issue");
-    let mut a = alert(id, status, title, level_severity(str_field(issue, "level", "data.issue")?));
+    let mut a = alert(
+        id,
+        status,
+        title,
+        level_severity(str_field(issue, "level", "data.issue")?),
+    );
     a.message = text_field(issue, "culprit", "data.issue")?.map(str::to_owned);
     if let Some(project) = obj_field(issue, "project", "data.issue")? {
         if let Some(slug) = text_field(project, "slug", "data.issue.project")? {
@@ -163,13 +173,36 @@ mod tests {
 
     #[test]
     fn resources() {
-        let a = one(json!({"action":"resolved","data":{"issue":{"id":"42","title":"T","level":"error"}}}), Some("issue"));
-        assert_eq!((a.source_alert_id.as_str(), a.status), ("42", AlertStatus::Resolved));
-        let a = one(json!({"action":"triggered","data":{"event":{"issue_id":"9","level":"fatal","tags":[["environment","prod"]]}}}), Some("event_alert"));
-        assert_eq!((a.severity, a.tags["environment"].as_str()), (Severity::Critical, "prod"));
-        let a = one(json!({"action":"warning","data":{"metric_alert":{"id":"7"},"description_title":"Warning: p95"}}), Some("metric_alert"));
-        assert_eq!((a.severity, a.title.as_str()), (Severity::Medium, "Warning: p95"));
-        let Value::Object(m) = json!({"action":"created","data":{}}) else { unreachable!() };
-        assert!(matches!(normalize(&m, Some("installation")).unwrap(), Normalized::NotAnAlert { .. }));
+        let a = one(
+            json!({"action":"resolved","data":{"issue":{"id":"42","title":"T","level":"error"}}}),
+            Some("issue"),
+        );
+        assert_eq!(
+            (a.source_alert_id.as_str(), a.status),
+            ("42", AlertStatus::Resolved)
+        );
+        let a = one(
+            json!({"action":"triggered","data":{"event":{"issue_id":"9","level":"fatal","tags":[["environment","prod"]]}}}),
+            Some("event_alert"),
+        );
+        assert_eq!(
+            (a.severity, a.tags["environment"].as_str()),
+            (Severity::Critical, "prod")
+        );
+        let a = one(
+            json!({"action":"warning","data":{"metric_alert":{"id":"7"},"description_title":"Warning: p95"}}),
+            Some("metric_alert"),
+        );
+        assert_eq!(
+            (a.severity, a.title.as_str()),
+            (Severity::Medium, "Warning: p95")
+        );
+        let Value::Object(m) = json!({"action":"created","data":{}}) else {
+            unreachable!()
+        };
+        assert!(matches!(
+            normalize(&m, Some("installation")).unwrap(),
+            Normalized::NotAnAlert { .. }
+        ));
     }
 }

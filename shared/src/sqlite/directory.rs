@@ -195,9 +195,15 @@ impl SqliteDirectory {
         secret: &str,
     ) -> Result<(), StoreError> {
         if secret.trim().is_empty() {
-            return Err(StoreError::Invalid("the Sentry client secret is empty".into()));
+            return Err(StoreError::Invalid(
+                "the Sentry client secret is empty".into(),
+            ));
         }
-        let (t, k, s) = (tenant.to_owned(), key_id.to_owned(), secret.trim().to_owned());
+        let (t, k, s) = (
+            tenant.to_owned(),
+            key_id.to_owned(),
+            secret.trim().to_owned(),
+        );
         self.db
             .write(move |c| {
                 update_key(

@@ -22,7 +22,8 @@ impl SqliteIncidents {
 }
 
 fn decode(json: String) -> Result<Incident, StoreError> {
-    serde_json::from_str(&json).map_err(|e| StoreError::Unavailable(format!("stored incident: {e}")))
+    serde_json::from_str(&json)
+        .map_err(|e| StoreError::Unavailable(format!("stored incident: {e}")))
 }
 
 fn get(c: &Connection, tenant: &str, id: &str) -> Result<Option<Incident>, StoreError> {
@@ -46,36 +47,44 @@ fn put(c: &Connection, i: &Incident) -> Result<(), StoreError> {
 impl IncidentStore for SqliteIncidents {
     async fn open(&self, incident: Incident) -> Result<Incident, StoreError> {
         self.db
-            .write(move |c| match get(c, &incident.tenant_id, &incident.incident_id)? {
-                Some(existing) => Ok(existing),
-                None => {
-                    put(c, &incident)?;
-                    Ok(incident)
-                }
-            })
+            .write(
+                move |c| match get(c, &incident.tenant_id, &incident.incident_id)? {
+                    Some(existing) => Ok(existing),
+                    None => {
+                        put(c, &incident)?;
+                        Ok(incident)
+                    }
+                },
+            )
             .await
     }
 
     async fn resolve(&self, incident: Incident) -> Result<Incident, StoreError> {
         self.db
-            .write(move |c| match get(c, &incident.tenant_id, &incident.incident_id)? {
-                Some(mut existing) if existing.status == IncidentStatus::Open => {
-                    existing.status = IncidentStatus::Resolved;
-                    existing.resolved_at = incident.resolved_at.clone();
-                    existing.last_seen = incident.last_seen.clone();
-                    put(c, &existing)?;
-                    Ok(existing)
-                }
-                Some(existing) => Ok(existing),
-                None => {
-                    put(c, &incident)?;
-                    Ok(incident)
-                }
-            })
+            .write(
+                move |c| match get(c, &incident.tenant_id, &incident.incident_id)? {
+                    Some(mut existing) if existing.status == IncidentStatus::Open => {
+                        existing.status = IncidentStatus::Resolved;
+                        existing.resolved_at = incident.resolved_at.clone();
+                        existing.last_seen = incident.last_seen.clone();
+                        put(c, &existing)?;
+                        Ok(existing)
+                    }
+                    Some(existing) => Ok(existing),
+                    None => {
+                        put(c, &incident)?;
+                        Ok(incident)
+                    }
+                },
+            )
             .await
     }
 
-    async fn get(&self, tenant_id: &str, incident_id: &str) -> Result<Option<Incident>, StoreError> {
+    async fn get(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+    ) -> Result<Option<Incident>, StoreError> {
         let (t, i) = (tenant_id.to_owned(), incident_id.to_owned());
         self.db.read(move |c| get(c, &t, &i)).await
     }
@@ -139,7 +148,11 @@ impl SqliteDispatcher {
     }
 
     /// Tasks of one incident, oldest first.
-    pub async fn for_incident(&self, tenant: &str, incident: &str) -> Result<Vec<DispatchRow>, StoreError> {
+    pub async fn for_incident(
+        &self,
+        tenant: &str,
+        incident: &str,
+    ) -> Result<Vec<DispatchRow>, StoreError> {
         let (t, i) = (tenant.to_owned(), incident.to_owned());
         self.db
             .read(move |c| {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Db;
-use crate::dedup::{decide, new_incident_id, DedupConfig, DedupRecord, Decision};
+use crate::dedup::{decide, new_incident_id, Decision, DedupConfig, DedupRecord};
 use crate::error::StoreError;
 use crate::model::{Alert, AlertResult, AlertStatus, Outcome, Provider, QueuedAlert};
 use crate::ports::AlertLedger;
@@ -91,7 +91,11 @@ impl AlertLedger for SqliteLedger {
                                 "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2
                                  AND source_alert_id = ?3",
                             )?
-                            .execute(params![tenant, p, alert.source_alert_id])?;
+                            .execute(params![
+                                tenant,
+                                p,
+                                alert.source_alert_id
+                            ])?;
                         }
                         Decision::Duplicate { .. } | Decision::Ignore | Decision::Acknowledge => {
                             if alert.status == AlertStatus::Resolved && existing.is_some() {
@@ -100,7 +104,11 @@ impl AlertLedger for SqliteLedger {
                                     "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2
                                      AND source_alert_id = ?3",
                                 )?
-                                .execute(params![tenant, p, alert.source_alert_id])?;
+                                .execute(params![
+                                    tenant,
+                                    p,
+                                    alert.source_alert_id
+                                ])?;
                             }
                         }
                     }

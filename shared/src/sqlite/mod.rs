@@ -114,7 +114,9 @@ struct Inner {
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     // WAL: readers never block the writer; FULL: a commit is on disk before it returns.
@@ -250,7 +252,9 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, faults: Arc<Fa
             }
         }
         let result = if faults.failing() {
-            Err(StoreError::Unavailable("injected fault: database unavailable".into()))
+            Err(StoreError::Unavailable(
+                "injected fault: database unavailable".into(),
+            ))
         } else {
             run_batch(&conn, &mut jobs)
         };
@@ -300,7 +304,9 @@ mod tests {
     async fn a_failing_job_does_not_fail_its_batch_mates() {
         let dir = tempdir();
         let db = Db::open(dir.join("t.db")).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x INTEGER)")?)).await.unwrap();
+        db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x INTEGER)")?))
+            .await
+            .unwrap();
         let mut handles = Vec::new();
         for i in 0..50i64 {
             let db = db.clone();
@@ -333,7 +339,8 @@ mod tests {
     }
 
     pub(crate) fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("causeflow-test-{}", uuid::Uuid::new_v4().simple()));
+        let d =
+            std::env::temp_dir().join(format!("causeflow-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

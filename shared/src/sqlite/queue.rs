@@ -45,7 +45,11 @@ impl SqliteQueue {
     }
 
     /// Takes up to `max` visible messages and hides them for `visibility_ms`.
-    pub async fn receive(&self, max: usize, visibility_ms: i64) -> Result<Vec<QueueRecord>, StoreError> {
+    pub async fn receive(
+        &self,
+        max: usize,
+        visibility_ms: i64,
+    ) -> Result<Vec<QueueRecord>, StoreError> {
         self.db
             .write(move |c| {
                 let now = now_ms();
@@ -115,7 +119,8 @@ impl SqliteQueue {
             .read(|c| {
                 Ok(QueueStats {
                     queued: c.query_row("SELECT count(*) FROM queue", [], |r| r.get(0))?,
-                    dead_letters: c.query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?,
+                    dead_letters: c
+                        .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?,
                 })
             })
             .await

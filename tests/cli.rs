@@ -1,0 +1,492 @@
+//! The `causeflow` binary as a user runs it: first start, key management while `serve` runs,
+//! `sign`, `incidents list`, graceful shutdown, and durability across SIGKILL.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use causeflow_shared::auth::sign;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_causeflow");
+
+fn cli(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "causeflow {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn create_key(db: &Path, tenant: &str) -> Value {
+    serde_json::from_str(&cli(
+        db,
+        &[
+            "keys", "create", "--tenant", tenant, "--name", "ci", "--json",
+        ],
+    ))
+    .unwrap()
+}
+
+/// `causeflow serve` on an ephemeral port; returns the child, its address and its stdout so far.
+/// Callers signal and wait for the child themselves.
+#[allow(clippy::zombie_processes)]
+fn serve(db: &Path, extra: &[&str]) -> (Child, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
+        .arg("--db")
+        .arg(db)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "serve exited early: {printed}"
+        );
+        printed.push_str(&line);
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().to_owned();
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in out.lines() {});
+            return (child, addr, printed);
+        }
+        assert!(Instant::now() < deadline, "serve did not start: {printed}");
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "serve did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn db_path() -> PathBuf {
+    common::tempdir().join("causeflow.db")
+}
+
+async fn post(
+    client: &reqwest::Client,
+    addr: &str,
+    tenant: &str,
+    key: &Value,
+    body: &str,
+) -> reqwest::Response {
+    client
+        .post(format!("http://{addr}/v1/webhooks/{tenant}/generic"))
+        .header("content-type", "application/json")
+        .header("x-api-key", key["apiKey"].as_str().unwrap())
+        .header(
+            "x-webhook-signature",
+            sign(key["webhookSecret"].as_str().unwrap(), &[body.as_bytes()]),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_a_working_curl_command() {
+    let db = db_path();
+    let (mut child, addr, printed) = serve(&db, &[]);
+    assert!(
+        printed.contains("API key:") && printed.contains("Webhook secret:"),
+        "{printed}"
+    );
+    let api_key = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API key:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // Run the printed command exactly as a user would paste it.
+    let start = printed.find("curl -sS -X POST").unwrap();
+    let end = printed[start..].find("\n\n").unwrap() + start;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} -w ' %{{http_code}}'", &printed[start..end]))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.ends_with(" 202"),
+        "the printed curl did not get a 202: {out}"
+    );
+    let resp: Value = serde_json::from_str(out.trim_end_matches(" 202")).unwrap();
+    let incident = resp["alerts"][0]["incidentId"].as_str().unwrap().to_owned();
+
+    // The incident shows in the API and in `incidents list`.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: Value = client
+            .get(format!("http://{addr}/v1/tenants/demo/incidents"))
+            .header("x-api-key", &api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list["incidents"][0]["incidentId"] == incident.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "incident not listed: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = cli(&db, &["incidents", "list", "--tenant", "demo"]);
+    assert!(
+        listed.contains(&incident) && listed.contains("open"),
+        "{listed}"
+    );
+
+    // A second start does not create another demo key.
+    signal(&child, libc::SIGINT);
+    assert!(wait_exit(&mut child).success(), "Ctrl-C exits cleanly");
+    let (mut child, _, printed) = serve(&db, &[]);
+    assert!(!printed.contains("API key:"), "{printed}");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_managed_while_serving_take_effect_at_once() {
+    let db = db_path();
+    let first = create_key(&db, "acme");
+    for f in ["tenantId", "keyId", "apiKey", "webhookSecret"] {
+        assert!(
+            first[f].as_str().is_some_and(|v| !v.is_empty()),
+            "{f} missing: {first}"
+        );
+    }
+    let (mut child, addr, _) = serve(&db, &[]);
+    let client = reqwest::Client::new();
+
+    let second = create_key(&db, "acme");
+    assert_eq!(
+        post(
+            &client,
+            &addr,
+            "acme",
+            &second,
+            r#"{"sourceAlertId":"k1","title":"x"}"#
+        )
+        .await
+        .status(),
+        202
+    );
+
+    let listed = cli(&db, &["keys", "list", "--tenant", "acme", "--json"]);
+    let keys: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(keys.len(), 2);
+    for secret in [
+        &first["apiKey"],
+        &first["webhookSecret"],
+        &second["apiKey"],
+        &second["webhookSecret"],
+    ] {
+        assert!(
+            !listed.contains(secret.as_str().unwrap()),
+            "keys list must not print keys or secrets"
+        );
+    }
+
+    let kid = second["keyId"].as_str().unwrap();
+    cli(&db, &["keys", "revoke", "--tenant", "acme", "--key", kid]);
+    assert_eq!(
+        post(
+            &client,
+            &addr,
+            "acme",
+            &second,
+            r#"{"sourceAlertId":"k2","title":"x"}"#
+        )
+        .await
+        .status(),
+        401
+    );
+
+    // Rotation: old and new secrets verify until the old one is retired.
+    let fid = first["keyId"].as_str().unwrap();
+    let rotated: Value = serde_json::from_str(&cli(
+        &db,
+        &[
+            "keys",
+            "rotate-secret",
+            "--tenant",
+            "acme",
+            "--key",
+            fid,
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let mut with_new = first.clone();
+    with_new["webhookSecret"] = rotated["webhookSecret"].clone();
+    assert_eq!(
+        post(
+            &client,
+            &addr,
+            "acme",
+            &first,
+            r#"{"sourceAlertId":"r1","title":"x"}"#
+        )
+        .await
+        .status(),
+        202
+    );
+    assert_eq!(
+        post(
+            &client,
+            &addr,
+            "acme",
+            &with_new,
+            r#"{"sourceAlertId":"r2","title":"x"}"#
+        )
+        .await
+        .status(),
+        202
+    );
+    cli(
+        &db,
+        &["keys", "retire-secret", "--tenant", "acme", "--key", fid],
+    );
+    assert_eq!(
+        post(
+            &client,
+            &addr,
+            "acme",
+            &first,
+            r#"{"sourceAlertId":"r3","title":"x"}"#
+        )
+        .await
+        .status(),
+        401
+    );
+    assert_eq!(
+        post(
+            &client,
+            &addr,
+            "acme",
+            &with_new,
+            r#"{"sourceAlertId":"r4","title":"x"}"#
+        )
+        .await
+        .status(),
+        202
+    );
+
+    // Sentry client secret, registered from standard input.
+    let mut c = Command::new(BIN)
+        .args([
+            "keys",
+            "set-sentry-secret",
+            "--tenant",
+            "acme",
+            "--key",
+            fid,
+            "--secret",
+            "-",
+            "--db",
+        ])
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"sentry-secret\n")
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+    let body = r#"{"action":"created","data":{"issue":{"id":"5","title":"E","level":"error"}}}"#;
+    let r = client
+        .post(format!("http://{addr}/v1/webhooks/acme/sentry"))
+        .header("content-type", "application/json")
+        .header("x-api-key", first["apiKey"].as_str().unwrap())
+        .header("sentry-hook-resource", "issue")
+        .header(
+            "sentry-hook-signature",
+            sign("sentry-secret", &[body.as_bytes()]),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Management errors are clear, not panics.
+    let out = Command::new(BIN)
+        .args([
+            "keys", "revoke", "--tenant", "acme", "--key", "key_nope", "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no active key"));
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "create",
+            "--tenant",
+            "Bad Tenant!",
+            "--name",
+            "x",
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tenant id"));
+
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn sign_prints_the_headers_to_send() {
+    let body = br#"{"sourceAlertId":"a","title":"b"}"#;
+    let run = |args: &[&str]| {
+        let mut c = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(body).unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(
+        run(&["sign", "--secret", "s3"]),
+        format!("X-Webhook-Signature: {}\n", sign("s3", &[body]))
+    );
+    assert_eq!(
+        run(&["sign", "--secret", "s3", "--timestamp", "1800000000"]),
+        format!(
+            "X-Webhook-Signature: {}\nX-Webhook-Timestamp: 1800000000\n",
+            sign("s3", &[b"1800000000:", body])
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_alerts_survive_sigkill_and_get_triaged() {
+    let db = db_path();
+    let key = create_key(&db, "acme");
+    let (mut child, addr, _) = serve(&db, &[]);
+    let client = reqwest::Client::new();
+
+    // Fire distinct alerts from 16 concurrent senders; SIGKILL the server as soon as 150 are
+    // acknowledged, while requests are still in flight.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut senders = Vec::new();
+    for w in 0..16 {
+        let (client, addr, key, acked) = (client.clone(), addr.clone(), key.clone(), acked.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let body = json!({"sourceAlertId": format!("kill-{w}-{i}"), "title": "durable?", "severity": "high"}).to_string();
+                let r = client
+                    .post(format!("http://{addr}/v1/webhooks/acme/generic"))
+                    .header("content-type", "application/json")
+                    .header("x-api-key", key["apiKey"].as_str().unwrap())
+                    .header("x-webhook-signature", sign(key["webhookSecret"].as_str().unwrap(), &[body.as_bytes()]))
+                    .body(body)
+                    .send()
+                    .await;
+                let Ok(r) = r else { return };
+                if r.status() != 202 {
+                    return;
+                }
+                let Ok(v) = r.json::<Value>().await else { return };
+                acked.lock().unwrap().push(v["alerts"][0]["incidentId"].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 150 {
+        assert!(Instant::now() < deadline, "too slow to acknowledge");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    signal(&child, libc::SIGKILL);
+    wait_exit(&mut child);
+    for s in senders {
+        let _ = s.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 150);
+
+    // Every acknowledged alert is on disk: a dedup record and either a queued message or an incident.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let dedup: i64 = conn
+        .query_row("SELECT count(*) FROM dedup", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        dedup as usize >= acked.len(),
+        "{dedup} dedup records for {} acknowledged alerts",
+        acked.len()
+    );
+    let untriaged: i64 = conn
+        .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
+        .unwrap();
+    eprintln!(
+        "after SIGKILL: {} acknowledged, {untriaged} still queued for triage",
+        acked.len()
+    );
+    drop(conn);
+
+    // After a restart every acknowledged alert is triaged.
+    let (mut child, addr, _) = serve(&db, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &acked {
+        loop {
+            let r = client
+                .get(format!("http://{addr}/v1/tenants/acme/incidents/{id}"))
+                .header("x-api-key", key["apiKey"].as_str().unwrap())
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                let inc: Value = r.json().await.unwrap();
+                assert_eq!(inc["agents"], json!(["logs", "metrics", "deploys"]));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "acknowledged incident {id} never triaged after restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+}

@@ -1,0 +1,406 @@
+//! SPEC §5 and §6: the dedup lifecycle, concurrency, dispatch and cancel, and faults behind the
+//! ports answering 503 without leaving anything behind.
+
+mod common;
+
+use std::time::Duration;
+
+use causeflow_shared::model::IncidentStatus;
+use causeflow_shared::ports::IncidentStore;
+use common::Server;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firing_duplicate_resolve_and_firing_again() {
+    let s = Server::start().await;
+    let first = s.generic("cpu", "firing").await;
+    first.expect(202);
+    assert_eq!(first.outcome(), "created");
+    let id = first.incident_id();
+
+    let dup = s.generic("cpu", "firing").await;
+    dup.expect(409);
+    assert_eq!(dup.code(), "duplicate");
+    assert_eq!(dup.json["incidentIds"], json!([id]));
+    assert_eq!(dup.outcome(), "duplicate");
+
+    let resolved = s.generic("cpu", "resolved").await;
+    resolved.expect(202);
+    assert_eq!(
+        (resolved.outcome(), resolved.incident_id()),
+        ("resolved", id.clone())
+    );
+    let inc = s
+        .wait_incident(&id, |i| i.status == IncidentStatus::Resolved)
+        .await;
+    assert!(inc.resolved_at.is_some());
+
+    let again = s.generic("cpu", "firing").await;
+    again.expect(202);
+    assert_eq!(again.outcome(), "created");
+    assert_ne!(again.incident_id(), id, "a new incident after the resolve");
+
+    let nothing = s.generic("never-fired", "resolved").await;
+    nothing.expect(202);
+    assert_eq!(nothing.outcome(), "ignored");
+    assert!(nothing.json["alerts"][0].get("incidentId").is_none());
+
+    // Dispatch on open, cancel on resolve, one task per agent each.
+    let rows = s.app.dispatcher.for_incident("acme", &id).await.unwrap();
+    let kinds: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.kind.as_str(), r.agent.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("dispatch", "logs"),
+            ("dispatch", "metrics"),
+            ("dispatch", "deploys"),
+            ("cancel", "logs"),
+            ("cancel", "metrics"),
+            ("cancel", "deploys")
+        ]
+    );
+    let task: serde_json::Value = serde_json::from_str(&rows[0].body).unwrap();
+    for f in [
+        "taskId",
+        "incidentId",
+        "tenantId",
+        "agent",
+        "severity",
+        "summary",
+        "dispatchedAt",
+    ] {
+        assert!(task.get(f).is_some(), "task lacks {f}: {task}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_requests_at_once_give_exactly_one_202() {
+    let s = std::sync::Arc::new(Server::start().await);
+    let body =
+        json!({"sourceAlertId": "storm", "title": "alert storm", "status": "firing"}).to_string();
+    let mut handles = Vec::new();
+    for _ in 0..50 {
+        let s = s.clone();
+        let body = body.clone();
+        handles.push(tokio::spawn(async move {
+            s.post("generic", body.as_bytes(), true, &[]).await
+        }));
+    }
+    let mut created = Vec::new();
+    let mut dup_ids = std::collections::HashSet::new();
+    for h in handles {
+        let r = h.await.unwrap();
+        match r.status {
+            202 => created.push(r.incident_id()),
+            409 => {
+                dup_ids.insert(r.incident_id());
+            }
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    assert_eq!(created.len(), 1);
+    assert_eq!(dup_ids.len(), 1);
+    assert!(
+        dup_ids.contains(&created[0]),
+        "every 409 names the one incident"
+    );
+    s.wait_incident(&created[0], |_| true).await;
+    assert_eq!(s.dedup_rows().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_multi_alert_notification_counts_each_alert() {
+    let s = Server::start().await;
+    let alert = |fp: &str, status: &str| json!({"status": status, "fingerprint": fp, "labels": {"alertname": fp}});
+    let body =
+        |alerts: Vec<serde_json::Value>| json!({"status": "firing", "alerts": alerts}).to_string();
+    let r = s
+        .post(
+            "grafana",
+            body(vec![alert("a", "firing"), alert("b", "firing")]).as_bytes(),
+            true,
+            &[],
+        )
+        .await;
+    r.expect(202);
+    // A repeat notification where one alert resolved: 202 with one resolve and one duplicate.
+    let r = s
+        .post(
+            "grafana",
+            body(vec![alert("a", "resolved"), alert("b", "firing")]).as_bytes(),
+            true,
+            &[],
+        )
+        .await;
+    r.expect(202);
+    let outcomes: Vec<&str> = r.json["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["resolved", "duplicate"]);
+    // Only duplicates left: 409.
+    let r = s
+        .post(
+            "grafana",
+            body(vec![alert("b", "firing")]).as_bytes(),
+            true,
+            &[],
+        )
+        .await;
+    r.expect(409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_dedup_records_release_the_key() {
+    let s = Server::start_with(|c| c.dedup.ttl = Duration::from_millis(300)).await;
+    let first = s.generic("flappy", "firing").await;
+    first.expect(202);
+    s.generic("flappy", "firing").await.expect(409);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = s.generic("flappy", "firing").await;
+    again.expect(202);
+    assert_ne!(again.incident_id(), first.incident_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_agent_overrides_and_test_alerts() {
+    let s = Server::start().await;
+    let mut o = causeflow_shared::policy::AgentOverrides::default();
+    o.0.insert(
+        causeflow_shared::model::Severity::High,
+        vec!["oncall-bot".into()],
+    );
+    s.app
+        .directory
+        .set_agent_overrides("acme", &o)
+        .await
+        .unwrap();
+    let r = s.generic("ov", "firing").await;
+    let inc = s.wait_incident(&r.incident_id(), |_| true).await;
+    assert_eq!(inc.agents, ["oncall-bot"]);
+
+    let body = json!({"sourceAlertId": "t1", "title": "test from the tool", "severity": "critical", "test": true}).to_string();
+    let r = s.post("generic", body.as_bytes(), true, &[]).await;
+    r.expect(202);
+    let inc = s.wait_incident(&r.incident_id(), |_| true).await;
+    assert!(inc.test && inc.agents.is_empty());
+    assert!(s
+        .app
+        .dispatcher
+        .for_incident("acme", &inc.incident_id)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_answers_503_and_records_nothing() {
+    let s = Server::start().await;
+    s.app.db.faults().set(true);
+    let r = s.generic("f1", "firing").await;
+    r.expect(503);
+    assert_eq!(r.code(), "unavailable");
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    s.app.db.faults().set(false);
+    assert_eq!(s.dedup_rows().await, 0);
+    // The sender's retry succeeds.
+    s.generic("f1", "firing").await.expect(202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_queue_rolls_back_the_dedup_record() {
+    let s = Server::start().await;
+    // The queue insert fails after the dedup record was written in the same transaction.
+    s.app
+        .db
+        .write(|c| {
+            Ok(c.execute_batch(
+                "CREATE TRIGGER queue_down BEFORE INSERT ON queue BEGIN SELECT RAISE(ABORT, 'queue unavailable'); END;",
+            )?)
+        })
+        .await
+        .unwrap();
+    let r = s.generic("q1", "firing").await;
+    r.expect(503);
+    assert_eq!(s.dedup_rows().await, 0, "no dedup record left behind");
+    // A resolve of an open incident fails the same way and keeps the incident open.
+    s.app
+        .db
+        .write(|c| Ok(c.execute_batch("DROP TRIGGER queue_down")?))
+        .await
+        .unwrap();
+    let open = s.generic("q2", "firing").await;
+    open.expect(202);
+    s.app
+        .db
+        .write(|c| {
+            Ok(c.execute_batch(
+                "CREATE TRIGGER queue_down BEFORE INSERT ON queue BEGIN SELECT RAISE(ABORT, 'queue unavailable'); END;",
+            )?)
+        })
+        .await
+        .unwrap();
+    s.generic("q2", "resolved").await.expect(503);
+    assert_eq!(
+        s.dedup_rows().await,
+        1,
+        "the open incident still holds its key"
+    );
+    s.app
+        .db
+        .write(|c| Ok(c.execute_batch("DROP TRIGGER queue_down")?))
+        .await
+        .unwrap();
+    s.generic("q1", "firing").await.expect(202);
+    let r = s.generic("q2", "resolved").await;
+    r.expect(202);
+    assert_eq!(r.outcome(), "resolved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_fail_alone_and_dead_letter_after_five_receives() {
+    use causeflow_shared::triage::QueueRecord;
+    let s = Server::start().await;
+    let good = serde_json::json!({"tenantId":"acme","provider":"generic","incidentId":"inc_x","receivedAt":"2026-11-28T00:00:00Z",
+        "alert":{"sourceAlertId":"x","status":"firing","title":"t","severity":"low","tags":{},"links":[]}});
+    let failed = s
+        .app
+        .triage
+        .handle_batch(vec![
+            QueueRecord {
+                id: "1".into(),
+                body: "{not json".into(),
+            },
+            QueueRecord {
+                id: "2".into(),
+                body: good.to_string(),
+            },
+            QueueRecord {
+                id: "3".into(),
+                body: "{\"tenantId\": 5}".into(),
+            },
+        ])
+        .await;
+    let mut failed = failed;
+    failed.sort();
+    assert_eq!(failed, ["1", "3"]);
+    assert!(s
+        .app
+        .incidents
+        .get("acme", "inc_x")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Through the embedded queue: a poison body is retried, then dead-lettered.
+    s.app
+        .db
+        .write(|c| {
+            Ok(c.execute(
+                "INSERT INTO queue(body, enqueued_at, visible_at) VALUES ('poison', 0, 0)",
+                [],
+            )?)
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = s.app.queue.stats().await.unwrap();
+        if stats.dead_letters == 1 && stats.queued == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "poison not dead-lettered: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let receives: i64 = s
+        .app
+        .db
+        .read(|c| Ok(c.query_row("SELECT receive_count FROM dead_letters", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(receives, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_tasks_are_posted_to_the_agent_webhook_with_retries() {
+    use axum::routing::post;
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = {
+        let received = received.clone();
+        let calls = calls.clone();
+        axum::Router::new().route(
+            "/agents",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let received = received.clone();
+                let calls = calls.clone();
+                async move {
+                    // The first delivery fails: the task must be retried, not dropped.
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let agent = headers["x-causeflow-agent"].to_str().unwrap().to_owned();
+                    received
+                        .lock()
+                        .unwrap()
+                        .push((agent, serde_json::from_str(&body).unwrap()));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/agents", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let s = Server::start_with(|c| c.agent_webhook = Some(url)).await;
+    let body =
+        json!({"sourceAlertId": "db", "title": "db down", "severity": "critical"}).to_string();
+    let r = s.post("generic", body.as_bytes(), true, &[]).await;
+    r.expect(202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut agents: Vec<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect();
+        agents.sort();
+        if agents == ["deploys", "infrastructure", "logs", "metrics", "traces"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents received: {agents:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert!(got
+        .iter()
+        .all(|(_, t)| t["incidentId"] == r.incident_id().as_str()
+            && t["severity"] == "critical"
+            && t["kind"] == "dispatch"));
+    let rows = s
+        .app
+        .dispatcher
+        .for_incident("acme", &r.incident_id())
+        .await
+        .unwrap();
+    assert!(rows.iter().all(|r| r.delivered));
+    assert_eq!(
+        rows.iter().map(|r| r.attempts).sum::<i64>(),
+        6,
+        "one failed attempt, then five deliveries"
+    );
+}
