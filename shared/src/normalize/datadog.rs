@@ -165,12 +165,12 @@ mod tests {
         assert_eq!(a.status, AlertStatus::Firing);
         let a = run(json!({"id":"8","title":"[Recovered] Disk full"}));
         assert_eq!(a.status, AlertStatus::Resolved);
+        assert_eq!(a.severity, Severity::Medium);
         let a = run(json!({"id":"9","title":"[P2] [Recovered on {host:web-1}] Disk full"}));
         assert_eq!(
             (a.status, a.severity),
             (AlertStatus::Resolved, Severity::High)
         );
-        assert_eq!(a.severity, Severity::Medium);
     }
 
     #[test]
