@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod embedded;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod model;
 pub mod normalize;
 pub mod policy;
