@@ -12,7 +12,10 @@ use crate::ports::KeyRecord;
 
 const SIGNATURE: &str = "x-webhook-signature";
 const GRAFANA_SIGNATURE: &str = "x-grafana-alerting-signature";
-const TIMESTAMPS: [&str; 2] = ["x-webhook-timestamp", "x-grafana-alerting-signature-timestamp"];
+const TIMESTAMPS: [&str; 2] = [
+    "x-webhook-timestamp",
+    "x-grafana-alerting-signature-timestamp",
+];
 const SENTRY_SIGNATURE: &str = "sentry-hook-signature";
 const SENTRY_RESOURCE: &str = "sentry-hook-resource";
 

@@ -152,4 +152,3 @@ async fn authenticate(
         _ => Err(ApiError::InvalidApiKey),
     }
 }
-
