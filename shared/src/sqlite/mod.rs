@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, Notify};
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use crate::error::StoreError;
 
@@ -243,6 +243,7 @@ impl Db {
 }
 
 fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, faults: Arc<FaultSwitch>) {
+    let (mut commits, mut total_jobs) = (0u64, 0u64);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -261,6 +262,8 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, faults: Arc<Fa
         if let Err(e) = &result {
             error!(error = %e, jobs = jobs.len(), "sqlite commit failed");
         } else {
+            commits += 1;
+            total_jobs += jobs.len() as u64;
             debug!(jobs = jobs.len(), "group commit");
         }
         for job in jobs {
@@ -269,6 +272,12 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, faults: Arc<Fa
     }
     // Checkpoint so the WAL does not linger after a clean shutdown.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    info!(
+        commits,
+        writes = total_jobs,
+        writes_per_commit = format!("{:.1}", total_jobs as f64 / commits.max(1) as f64),
+        "sqlite writer stopped"
+    );
 }
 
 fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
