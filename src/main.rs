@@ -12,7 +12,7 @@ use causeflow_shared::embedded::{validate_agent_webhook, Embedded, EmbeddedConfi
 use causeflow_shared::http::RateLimit;
 use causeflow_shared::model::{IncidentStatus, Severity};
 use causeflow_shared::policy::{valid_agent_name, AgentOverrides};
-use causeflow_shared::ports::{IncidentQuery, IncidentStore};
+use causeflow_shared::ports::{IncidentQuery, IncidentStore, KeyAdmin};
 use causeflow_shared::sqlite::{Db, SqliteDirectory, SqliteIncidents};
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +33,23 @@ struct DbArg {
         global = true
     )]
     db: PathBuf,
+}
+
+/// Where key and tenant commands write: the SQLite file, or a deployed stack's tables.
+#[derive(Args, Clone)]
+struct StoreArgs {
+    #[command(flatten)]
+    db: DbArg,
+    /// Use the DynamoDB tables of a deployed stack instead of the SQLite file (AWS credentials
+    /// and region come from the usual AWS environment and profile).
+    #[arg(long)]
+    aws: bool,
+    /// The stack's KeysTable (its output `KeysTableName`).
+    #[arg(long, env = "KEYS_TABLE", requires = "aws")]
+    keys_table: Option<String>,
+    /// The stack's TenantsTable (its output `TenantsTableName`).
+    #[arg(long, env = "TENANTS_TABLE", requires = "aws")]
+    tenants_table: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -93,7 +110,7 @@ enum KeysCmd {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        db: DbArg,
+        store: StoreArgs,
     },
     /// List a tenant's keys (never the keys or secrets themselves).
     List {
@@ -102,7 +119,7 @@ enum KeysCmd {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        db: DbArg,
+        store: StoreArgs,
     },
     /// Revoke a key; requests with it are refused at once.
     Revoke {
@@ -111,7 +128,7 @@ enum KeysCmd {
         #[arg(long)]
         key: String,
         #[command(flatten)]
-        db: DbArg,
+        store: StoreArgs,
     },
     /// Issue a new webhook secret; the old one keeps verifying until `retire-secret`.
     RotateSecret {
@@ -122,7 +139,7 @@ enum KeysCmd {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        db: DbArg,
+        store: StoreArgs,
     },
     /// Stop accepting the previous webhook secret of a rotated key.
     RetireSecret {
@@ -131,7 +148,12 @@ enum KeysCmd {
         #[arg(long)]
         key: String,
         #[command(flatten)]
-        db: DbArg,
+        store: StoreArgs,
+    },
+    /// Store the documented development key of `events/` for tenant `demo` (local use only).
+    CreateDev {
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Register the Sentry integration's Client Secret (read from standard input when --secret is -).
     SetSentrySecret {
@@ -142,7 +164,7 @@ enum KeysCmd {
         #[arg(long)]
         secret: String,
         #[command(flatten)]
-        db: DbArg,
+        store: StoreArgs,
     },
 }
 
@@ -161,7 +183,7 @@ enum TenantsCmd {
         #[arg(long)]
         reset: bool,
         #[command(flatten)]
-        db: DbArg,
+        store: StoreArgs,
     },
 }
 
@@ -281,9 +303,44 @@ fn print_welcome(addr: &str, api_key: &str, secret: &str) {
     );
 }
 
-fn open_directory(db: &DbArg) -> Result<SqliteDirectory> {
-    let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
-    Ok(SqliteDirectory::new(db))
+/// The key store the command acts on.
+async fn open_directory(store: &StoreArgs) -> Result<Box<dyn KeyAdmin>> {
+    if store.aws {
+        return aws_directory(store).await;
+    }
+    let db =
+        Db::open(&store.db.db).with_context(|| format!("opening {}", store.db.db.display()))?;
+    Ok(Box::new(SqliteDirectory::new(db)))
+}
+
+#[cfg(feature = "aws")]
+async fn aws_directory(store: &StoreArgs) -> Result<Box<dyn KeyAdmin>> {
+    let keys = store
+        .keys_table
+        .as_deref()
+        .context("--aws needs --keys-table (or KEYS_TABLE)")?;
+    let tenants = store
+        .tenants_table
+        .as_deref()
+        .context("--aws needs --tenants-table (or TENANTS_TABLE)")?;
+    let sdk = causeflow_shared::aws::sdk_config().await;
+    Ok(Box::new(causeflow_shared::aws::DynamoDirectory::new(
+        aws_sdk_dynamodb_client(&sdk),
+        keys,
+        tenants,
+    )))
+}
+
+#[cfg(feature = "aws")]
+fn aws_sdk_dynamodb_client(
+    sdk: &causeflow_shared::aws::SdkConfig,
+) -> causeflow_shared::aws::DynamoClient {
+    causeflow_shared::aws::DynamoClient::new(sdk)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_directory(_: &StoreArgs) -> Result<Box<dyn KeyAdmin>> {
+    bail!("this causeflow was built without AWS support: build it with `cargo build --release --features aws`")
 }
 
 async fn keys(cmd: KeysCmd) -> Result<()> {
@@ -292,9 +349,12 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
             tenant,
             name,
             json,
-            db,
+            store,
         } => {
-            let k = open_directory(&db)?.create_key(&tenant, &name).await?;
+            let k = open_directory(&store)
+                .await?
+                .create_key(&tenant, &name)
+                .await?;
             if json {
                 println!(
                     "{}",
@@ -307,8 +367,12 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
                 );
             }
         }
-        KeysCmd::List { tenant, json, db } => {
-            let keys = open_directory(&db)?.list_keys(&tenant).await?;
+        KeysCmd::List {
+            tenant,
+            json,
+            store,
+        } => {
+            let keys = open_directory(&store).await?.list_keys(&tenant).await?;
             if json {
                 println!("{}", serde_json::to_string(&keys)?);
             } else if keys.is_empty() {
@@ -335,17 +399,23 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
                 }
             }
         }
-        KeysCmd::Revoke { tenant, key, db } => {
-            open_directory(&db)?.revoke_key(&tenant, &key).await?;
+        KeysCmd::Revoke { tenant, key, store } => {
+            open_directory(&store)
+                .await?
+                .revoke_key(&tenant, &key)
+                .await?;
             println!("Revoked {key}.");
         }
         KeysCmd::RotateSecret {
             tenant,
             key,
             json,
-            db,
+            store,
         } => {
-            let secret = open_directory(&db)?.rotate_secret(&tenant, &key).await?;
+            let secret = open_directory(&store)
+                .await?
+                .rotate_secret(&tenant, &key)
+                .await?;
             if json {
                 println!(
                     "{}",
@@ -357,15 +427,29 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
                 );
             }
         }
-        KeysCmd::RetireSecret { tenant, key, db } => {
-            open_directory(&db)?.retire_secret(&tenant, &key).await?;
+        KeysCmd::RetireSecret { tenant, key, store } => {
+            open_directory(&store)
+                .await?
+                .retire_secret(&tenant, &key)
+                .await?;
             println!("Only the current webhook secret of {key} verifies now.");
+        }
+        KeysCmd::CreateDev { store } => {
+            let k = causeflow_shared::auth::dev_key();
+            open_directory(&store)
+                .await?
+                .store_key("demo", "development", &k)
+                .await?;
+            println!(
+                "Stored the development key {} for tenant demo (local use only; never on a deployed stack).",
+                k.key_id
+            );
         }
         KeysCmd::SetSentrySecret {
             tenant,
             key,
             secret,
-            db,
+            store,
         } => {
             let secret = if secret == "-" {
                 let mut s = String::new();
@@ -374,7 +458,8 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
             } else {
                 secret
             };
-            open_directory(&db)?
+            open_directory(&store)
+                .await?
                 .set_sentry_secret(&tenant, &key, &secret)
                 .await?;
             println!("Sentry-Hook-Signature is now verified for {key}.");
@@ -389,13 +474,13 @@ async fn tenants(cmd: TenantsCmd) -> Result<()> {
         severity,
         agents,
         reset,
-        db,
+        store,
     } = cmd;
-    let dir = open_directory(&db)?;
+    let dir = open_directory(&store).await?;
     let mut overrides = if reset {
         AgentOverrides::default()
     } else {
-        causeflow_shared::ports::Directory::agent_overrides(&dir, &tenant).await?
+        dir.agent_overrides(&tenant).await?
     };
     if let (Some(sev), Some(agents)) = (severity, agents) {
         let sev = Severity::from_label(&sev)

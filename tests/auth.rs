@@ -3,6 +3,7 @@
 mod common;
 
 use causeflow_shared::auth::sign;
+use causeflow_shared::ports::KeyAdmin;
 use common::{Resp, Server};
 use serde_json::json;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use causeflow_shared::model::IncidentStatus;
 use causeflow_shared::ports::IncidentStore;
+use causeflow_shared::ports::KeyAdmin;
 use common::Server;
 use serde_json::json;
 

@@ -43,6 +43,22 @@ pub fn issue_key() -> IssuedKey {
     }
 }
 
+/// The documented development key of `events/` (tenant `demo`). For local use only: anyone can
+/// read it, so never store it in a deployed stack.
+pub const DEV_API_KEY: &str = "cf_dev_local_only_0000000000000000000000000000000000";
+/// The webhook secret of [`DEV_API_KEY`].
+pub const DEV_WEBHOOK_SECRET: &str = "whsec_dev_local_only_do_not_use_in_production";
+
+/// The development key as an issued key.
+pub fn dev_key() -> IssuedKey {
+    IssuedKey {
+        key_id: "key_dev_local_only".into(),
+        api_key: DEV_API_KEY.into(),
+        key_hash: hash_api_key(DEV_API_KEY),
+        webhook_secret: DEV_WEBHOOK_SECRET.into(),
+    }
+}
+
 /// A new webhook (HMAC) secret.
 pub fn new_webhook_secret() -> String {
     format!("whsec_{}", random_token(32))

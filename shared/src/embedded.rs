@@ -14,6 +14,7 @@ use crate::auth::IssuedKey;
 use crate::dedup::DedupConfig;
 use crate::error::StoreError;
 use crate::http::{router, AppState, RateLimit};
+use crate::ports::KeyAdmin;
 use crate::sqlite::{
     Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue,
 };

@@ -6,6 +6,8 @@
 //! the same [`http::router`] and [`triage::Triage`] to AWS adapters.
 
 pub mod auth;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod dedup;
 pub mod embedded;
 pub mod error;

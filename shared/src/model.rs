@@ -223,6 +223,48 @@ pub struct QueuedAlert {
     pub received_at: String,
 }
 
+/// SQS's message size limit; queued alerts are cut to fit it.
+pub const MAX_QUEUE_MESSAGE_BYTES: usize = 256 * 1024;
+
+impl QueuedAlert {
+    /// The queue message body, within [`MAX_QUEUE_MESSAGE_BYTES`]. A 256 KiB request can carry
+    /// an alert whose JSON is a little larger once wrapped, so the free text gives way first
+    /// (the message, then tags and links); ids, status and severity are never cut.
+    pub fn to_queue_body(&self) -> String {
+        let body = serde_json::to_string(self).expect("a queued alert serialises");
+        if body.len() <= MAX_QUEUE_MESSAGE_BYTES {
+            return body;
+        }
+        let mut cut = self.clone();
+        loop {
+            let body = serde_json::to_string(&cut).expect("a queued alert serialises");
+            if body.len() <= MAX_QUEUE_MESSAGE_BYTES {
+                return body;
+            }
+            match cut.alert.message.as_mut() {
+                Some(m) if m.len() > 64 => {
+                    let keep = m.len() / 2;
+                    let at = (0..=keep)
+                        .rev()
+                        .find(|i| m.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    m.truncate(at);
+                    m.push_str(" [truncated]");
+                }
+                _ if !cut.alert.tags.is_empty() || !cut.alert.links.is_empty() => {
+                    cut.alert.tags.clear();
+                    cut.alert.links.clear();
+                }
+                _ => {
+                    cut.alert.message = None;
+                    let title = cut.alert.title.chars().take(256).collect::<String>();
+                    cut.alert.set_title(&title);
+                }
+            }
+        }
+    }
+}
+
 /// `open` or `resolved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -313,6 +355,25 @@ mod tests {
         assert_eq!(a.title.chars().count(), MAX_TITLE_CHARS);
         a.set_title("short");
         assert!(!a.title_truncated);
+    }
+
+    #[test]
+    fn queue_bodies_fit_the_sqs_limit() {
+        let mut a = sample();
+        a.message = Some("\u{1F525}\"".repeat(100_000));
+        a.tags.insert("k".into(), "v".repeat(100_000));
+        let q = QueuedAlert {
+            tenant_id: "t".into(),
+            provider: Provider::Generic,
+            incident_id: "inc_1".into(),
+            alert: a,
+            received_at: "2026-11-28T00:00:00Z".into(),
+        };
+        let body = q.to_queue_body();
+        assert!(body.len() <= MAX_QUEUE_MESSAGE_BYTES, "{}", body.len());
+        let back: QueuedAlert = serde_json::from_str(&body).unwrap();
+        assert_eq!(back.incident_id, "inc_1");
+        assert!(back.alert.message.unwrap().ends_with("[truncated]"));
     }
 
     #[test]

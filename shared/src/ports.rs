@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::IssuedKey;
 use crate::error::StoreError;
 use crate::model::{Alert, AlertResult, DispatchTask, Incident, IncidentStatus, Provider};
 use crate::policy::AgentOverrides;
@@ -87,4 +88,66 @@ pub struct IncidentPage {
 pub trait Dispatcher: Send + Sync {
     /// Publishes `task`; publishing the same `task_id` again is a no-op.
     async fn dispatch(&self, task: &DispatchTask) -> Result<(), StoreError>;
+}
+
+/// A key as `keys list` shows it: never the key or its secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySummary {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: String,
+    pub revoked: bool,
+    /// A previous secret still verifies (rotation in progress).
+    pub rotating: bool,
+    pub has_sentry_secret: bool,
+}
+
+/// Key and tenant management, used by the CLI against either host's store.
+#[async_trait]
+pub trait KeyAdmin: Directory {
+    /// Stores `key` (issued by [`crate::auth::issue_key`] or the documented development key)
+    /// for `tenant`, creating the tenant if needed.
+    async fn store_key(&self, tenant: &str, name: &str, key: &IssuedKey) -> Result<(), StoreError>;
+    /// Issues and stores a new key. Its plain-text key and secret are only in the return value.
+    async fn create_key(&self, tenant: &str, name: &str) -> Result<IssuedKey, StoreError> {
+        let key = crate::auth::issue_key();
+        self.store_key(tenant, name, &key).await?;
+        Ok(key)
+    }
+    async fn list_keys(&self, tenant: &str) -> Result<Vec<KeySummary>, StoreError>;
+    async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<(), StoreError>;
+    /// Issues a new webhook secret; the old one keeps verifying until [`Self::retire_secret`].
+    async fn rotate_secret(&self, tenant: &str, key_id: &str) -> Result<String, StoreError>;
+    /// Ends a rotation: only the current secret verifies from now on.
+    async fn retire_secret(&self, tenant: &str, key_id: &str) -> Result<(), StoreError>;
+    /// Registers the Sentry integration's Client Secret for `Sentry-Hook-Signature`.
+    async fn set_sentry_secret(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        secret: &str,
+    ) -> Result<(), StoreError>;
+    /// Replaces the tenant's agent table overrides (empty = the SPEC table).
+    async fn set_agent_overrides(
+        &self,
+        tenant: &str,
+        overrides: &AgentOverrides,
+    ) -> Result<(), StoreError>;
+}
+
+/// Tenant ids appear in URLs and table keys: lower-case letters, digits, `-` and `_`.
+pub fn check_tenant_id(t: &str) -> Result<(), StoreError> {
+    let ok = !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "tenant id {t:?}: use 1-64 lower-case letters, digits, '-' or '_'"
+        )))
+    }
 }

@@ -45,26 +45,29 @@ impl Triage {
     /// those are redelivered (SQS partial batch response). A poison record fails alone.
     pub async fn handle_batch(&self, records: Vec<QueueRecord>) -> Vec<String> {
         let mut set = tokio::task::JoinSet::new();
+        let mut ids = std::collections::HashMap::new();
         for rec in records {
             let this = self.clone();
-            set.spawn(async move {
-                let res = match serde_json::from_str::<QueuedAlert>(&rec.body) {
+            let id = rec.id.clone();
+            let handle = set.spawn(async move {
+                match serde_json::from_str::<QueuedAlert>(&rec.body) {
                     Ok(msg) => this.process(&msg).await,
                     Err(e) => Err(TriageError::Malformed(e.to_string())),
-                };
-                (rec.id, res)
+                }
             });
+            ids.insert(handle.id(), id);
         }
         let mut failed = Vec::new();
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((_, Ok(()))) => {}
-                Ok((id, Err(e))) => {
-                    warn!(message_id = %id, error = %e, "triage failed; the message will be redelivered");
-                    failed.push(id);
-                }
-                // A panicking task loses its id; the caller treats missing acks as failures too.
-                Err(e) => warn!(error = %e, "triage task panicked"),
+        while let Some(joined) = set.join_next_with_id().await {
+            let (task, result) = match joined {
+                Ok((task, r)) => (task, r.map_err(|e| e.to_string())),
+                // A panic fails only its own record.
+                Err(e) => (e.id(), Err(format!("triage panicked: {e}"))),
+            };
+            if let Err(e) = result {
+                let id = ids.remove(&task).unwrap_or_default();
+                warn!(message_id = %id, error = %e, "triage failed; the message will be redelivered");
+                failed.push(id);
             }
         }
         failed

@@ -10,6 +10,7 @@ use causeflow_shared::embedded::{Embedded, EmbeddedConfig};
 use causeflow_shared::http::RateLimit;
 use causeflow_shared::model::Incident;
 use causeflow_shared::ports::IncidentStore;
+use causeflow_shared::ports::KeyAdmin;
 use serde_json::Value;
 use tokio::sync::oneshot;
 

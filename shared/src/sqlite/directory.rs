@@ -4,40 +4,17 @@
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
-use serde::Serialize;
 
 use super::{now_ms, Db};
-use crate::auth::{issue_key, new_webhook_secret, IssuedKey};
+use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::AgentOverrides;
-use crate::ports::{Directory, KeyRecord};
+use crate::ports::{check_tenant_id, Directory, KeyAdmin, KeyRecord, KeySummary};
 
 /// Tenants and keys stored in the embedded database.
 #[derive(Clone)]
 pub struct SqliteDirectory {
     db: Db,
-}
-
-/// A key as `keys list` shows it: never the key or its secrets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KeySummary {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub name: String,
-    pub created_at: String,
-    pub revoked: bool,
-    /// A previous secret still verifies (rotation in progress).
-    pub rotating: bool,
-    pub has_sentry_secret: bool,
-}
-
-/// Tenant ids appear in URLs and table keys: lower-case letters, digits, `-` and `_`.
-pub fn valid_tenant_id(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 64
-        && t.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn ms_to_rfc3339(ms: i64) -> String {
@@ -47,11 +24,7 @@ fn ms_to_rfc3339(ms: i64) -> String {
 }
 
 fn ensure_tenant(c: &rusqlite::Connection, tenant: &str) -> Result<(), StoreError> {
-    if !valid_tenant_id(tenant) {
-        return Err(StoreError::Invalid(format!(
-            "tenant id {tenant:?}: use 1-64 lower-case letters, digits, '-' or '_'"
-        )));
-    }
+    check_tenant_id(tenant)?;
     c.execute(
         "INSERT OR IGNORE INTO tenants(tenant_id, created_at) VALUES (?1, ?2)",
         params![tenant, now_ms()],
@@ -90,12 +63,12 @@ impl SqliteDirectory {
             })
             .await
     }
+}
 
-    /// Issues a key (creating the tenant if needed). The returned key and secret are the only
-    /// copies in plain text of the key; show them once.
-    pub async fn create_key(&self, tenant: &str, name: &str) -> Result<IssuedKey, StoreError> {
-        let issued = issue_key();
-        let (tenant, name, k) = (tenant.to_owned(), name.to_owned(), issued.clone());
+#[async_trait]
+impl KeyAdmin for SqliteDirectory {
+    async fn store_key(&self, tenant: &str, name: &str, key: &IssuedKey) -> Result<(), StoreError> {
+        let (tenant, name, k) = (tenant.to_owned(), name.to_owned(), key.clone());
         self.db
             .write(move |c| {
                 ensure_tenant(c, &tenant)?;
@@ -106,11 +79,10 @@ impl SqliteDirectory {
                 )?;
                 Ok(())
             })
-            .await?;
-        Ok(issued)
+            .await
     }
 
-    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeySummary>, StoreError> {
+    async fn list_keys(&self, tenant: &str) -> Result<Vec<KeySummary>, StoreError> {
         let tenant = tenant.to_owned();
         self.db
             .read(move |c| {
@@ -135,7 +107,7 @@ impl SqliteDirectory {
             .await
     }
 
-    pub async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
+    async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
         let (t, k) = (tenant.to_owned(), key_id.to_owned());
         self.db
             .write(move |c| {
@@ -151,8 +123,7 @@ impl SqliteDirectory {
             .await
     }
 
-    /// Issues a new webhook secret; the old one keeps verifying until [`Self::retire_secret`].
-    pub async fn rotate_secret(&self, tenant: &str, key_id: &str) -> Result<String, StoreError> {
+    async fn rotate_secret(&self, tenant: &str, key_id: &str) -> Result<String, StoreError> {
         let secret = new_webhook_secret();
         let (t, k, s) = (tenant.to_owned(), key_id.to_owned(), secret.clone());
         self.db
@@ -170,8 +141,7 @@ impl SqliteDirectory {
         Ok(secret)
     }
 
-    /// Ends a rotation: only the current secret verifies from now on.
-    pub async fn retire_secret(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
+    async fn retire_secret(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
         let (t, k) = (tenant.to_owned(), key_id.to_owned());
         self.db
             .write(move |c| {
@@ -187,8 +157,7 @@ impl SqliteDirectory {
             .await
     }
 
-    /// Registers the Sentry integration's Client Secret for `Sentry-Hook-Signature`.
-    pub async fn set_sentry_secret(
+    async fn set_sentry_secret(
         &self,
         tenant: &str,
         key_id: &str,
@@ -218,8 +187,7 @@ impl SqliteDirectory {
             .await
     }
 
-    /// Replaces the tenant's agent table overrides (empty = the SPEC table).
-    pub async fn set_agent_overrides(
+    async fn set_agent_overrides(
         &self,
         tenant: &str,
         overrides: &AgentOverrides,

@@ -42,7 +42,7 @@ fn load(c: &Connection, t: &str, p: &str, id: &str) -> Result<Option<DedupRecord
 }
 
 fn enqueue(c: &Connection, msg: &QueuedAlert, now: i64) -> Result<(), StoreError> {
-    let body = serde_json::to_string(msg).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let body = msg.to_queue_body();
     c.prepare_cached("INSERT INTO queue(body, enqueued_at, visible_at) VALUES (?1, ?2, ?2)")?
         .execute(params![body, now])?;
     Ok(())

@@ -1,0 +1,19 @@
+//! Triage Lambda: SQS event source with `ReportBatchItemFailures`; DynamoDB and SNS behind the
+//! shared triage's ports. Configuration and clients are built once, at init.
+
+use causeflow_shared::aws::{sdk_config, triage, TriageConfig};
+use lambda_runtime::{service_fn, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = TriageConfig::from_env()?;
+    let triage = triage(&sdk_config().await, &config);
+    let triage = &triage;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {
+            Ok::<_, lambda_runtime::Error>(::triage::handle(event.payload, triage).await)
+        },
+    ))
+    .await
+}

@@ -1,0 +1,102 @@
+//! Typed configuration of the Lambda functions, read once from the environment that
+//! `template.yaml` sets.
+
+use std::time::Duration;
+
+use crate::dedup::DedupConfig;
+
+/// A required variable is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}: {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+fn required(name: &'static str) -> Result<String, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ConfigError {
+            name,
+            problem: "is not set".into(),
+        }),
+    }
+}
+
+fn number(name: &'static str, default: f64) -> Result<f64, ConfigError> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => v.trim().parse().map_err(|_| ConfigError {
+            name,
+            problem: format!("{v:?} is not a number"),
+        }),
+    }
+}
+
+/// The ingest function's settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub keys_table: String,
+    pub tenants_table: String,
+    pub dedup_table: String,
+    pub incidents_table: String,
+    pub alert_queue_url: String,
+    pub rate_limit_per_sec: f64,
+    pub dedup: DedupConfig,
+}
+
+impl IngestConfig {
+    /// The variables this function reads (checked against `template.yaml` by the tests).
+    pub const VARIABLES: [&'static str; 7] = [
+        "KEYS_TABLE",
+        "TENANTS_TABLE",
+        "DEDUP_TABLE",
+        "INCIDENTS_TABLE",
+        "ALERT_QUEUE_URL",
+        "RATE_LIMIT_PER_SEC",
+        "DEDUP_TTL_HOURS",
+    ];
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(IngestConfig {
+            keys_table: required("KEYS_TABLE")?,
+            tenants_table: required("TENANTS_TABLE")?,
+            dedup_table: required("DEDUP_TABLE")?,
+            incidents_table: required("INCIDENTS_TABLE")?,
+            alert_queue_url: required("ALERT_QUEUE_URL")?,
+            rate_limit_per_sec: number("RATE_LIMIT_PER_SEC", 100.0)?,
+            dedup: DedupConfig {
+                ttl: Duration::from_secs_f64(number("DEDUP_TTL_HOURS", 168.0)? * 3600.0),
+                ..DedupConfig::default()
+            },
+        })
+    }
+}
+
+/// The triage function's settings.
+#[derive(Debug, Clone)]
+pub struct TriageConfig {
+    pub tenants_table: String,
+    pub incidents_table: String,
+    pub dispatch_table: String,
+    pub agent_topic_arn: String,
+}
+
+impl TriageConfig {
+    /// The variables this function reads (checked against `template.yaml` by the tests).
+    pub const VARIABLES: [&'static str; 4] = [
+        "TENANTS_TABLE",
+        "INCIDENTS_TABLE",
+        "DISPATCH_TABLE",
+        "AGENT_TOPIC_ARN",
+    ];
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(TriageConfig {
+            tenants_table: required("TENANTS_TABLE")?,
+            incidents_table: required("INCIDENTS_TABLE")?,
+            dispatch_table: required("DISPATCH_TABLE")?,
+            agent_topic_arn: required("AGENT_TOPIC_ARN")?,
+        })
+    }
+}
