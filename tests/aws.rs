@@ -1,0 +1,866 @@
+//! The AWS host against real AWS APIs on loopback (moto server, started by `scripts/test`).
+//! Tables, queues and the topic are created from `template.yaml`'s own definitions, so the
+//! template and the code cannot drift; requests go through the ingest Lambda's router from the
+//! `events/` fixtures, and batches through the triage Lambda's handler.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use axum::body::Body;
+use causeflow_shared::auth::{dev_key, sign, DEV_API_KEY, DEV_WEBHOOK_SECRET};
+use causeflow_shared::aws::{dedup_pk, ingest_state, triage, IngestConfig, TriageConfig};
+use causeflow_shared::dedup::DedupConfig;
+use causeflow_shared::http::router;
+use causeflow_shared::ports::KeyAdmin;
+use causeflow_shared::triage::Triage;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The emulator must be there: the suite fails, never skips, without it.
+fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!("AWS_ENDPOINT_URL is not set: run the suite with scripts/test, which starts the AWS emulator")
+    })
+}
+
+/// One copy of the stack's resources, with physical names unique to this test.
+struct Stack {
+    sdk: aws_config::SdkConfig,
+    ddb: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+    sns: aws_sdk_sns::Client,
+    /// Logical id -> what `Ref` gives (table name, queue URL, topic ARN).
+    refs: HashMap<String, String>,
+    template: Value,
+}
+
+fn template() -> Value {
+    let yaml: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(ROOT).join("template.yaml")).unwrap(),
+    )
+    .unwrap();
+    serde_json::to_value(yaml).unwrap()
+}
+
+impl Stack {
+    async fn create() -> Stack {
+        let _ = endpoint();
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let (ddb, sqs, sns) = (
+            aws_sdk_dynamodb::Client::new(&sdk),
+            aws_sdk_sqs::Client::new(&sdk),
+            aws_sdk_sns::Client::new(&sdk),
+        );
+        let template = template();
+        let suffix = uuid_suffix();
+        let mut refs = HashMap::new();
+        let resources = template["Resources"].as_object().unwrap().clone();
+        // Queues without a redrive policy first, so dead-letter targets exist.
+        let mut ordered: Vec<(&String, &Value)> = resources.iter().collect();
+        ordered.sort_by_key(|(_, r)| r["Properties"].get("RedrivePolicy").is_some());
+        let mut arns = HashMap::new();
+        for (id, r) in ordered {
+            let props = &r["Properties"];
+            match r["Type"].as_str().unwrap() {
+                "AWS::DynamoDB::Table" => {
+                    let name = format!("{id}-{suffix}");
+                    create_table(&ddb, &name, props).await;
+                    refs.insert(id.clone(), name);
+                }
+                "AWS::SQS::Queue" => {
+                    let mut req = sqs.create_queue().queue_name(format!("{id}-{suffix}"));
+                    for key in ["VisibilityTimeout", "MessageRetentionPeriod"] {
+                        if let Some(v) = props.get(key) {
+                            req = req.attributes(QueueAttributeName::from(key), v.to_string());
+                        }
+                    }
+                    if let Some(rp) = props.get("RedrivePolicy") {
+                        let target = rp["deadLetterTargetArn"]["Fn::GetAtt"][0].as_str().unwrap();
+                        let policy = json!({"deadLetterTargetArn": arns[target], "maxReceiveCount": rp["maxReceiveCount"]});
+                        req = req.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
+                    }
+                    let url = req.send().await.unwrap().queue_url.unwrap();
+                    let arn = queue_arn(&sqs, &url).await;
+                    arns.insert(id.clone(), arn);
+                    refs.insert(id.clone(), url);
+                }
+                "AWS::SNS::Topic" => {
+                    let arn = sns
+                        .create_topic()
+                        .name(format!("{id}-{suffix}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .topic_arn
+                        .unwrap();
+                    refs.insert(id.clone(), arn);
+                }
+                _ => {}
+            }
+        }
+        Stack {
+            sdk,
+            ddb,
+            sqs,
+            sns,
+            refs,
+            template,
+        }
+    }
+
+    /// A function's environment as the template sets it, with `Ref`s resolved to this stack.
+    fn env(&self, function: &str) -> BTreeMap<String, String> {
+        let vars = self.template["Resources"][function]["Properties"]["Environment"]["Variables"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{function} has no Environment.Variables"));
+        vars.iter()
+            .filter_map(|(k, v)| {
+                let r = v.get("Ref")?.as_str()?;
+                Some((
+                    k.clone(),
+                    self.refs
+                        .get(r)
+                        .cloned()
+                        .unwrap_or_else(|| format!("parameter:{r}")),
+                ))
+            })
+            .collect()
+    }
+
+    fn ingest_config(&self) -> IngestConfig {
+        let env = self.env("IngestFunction");
+        IngestConfig {
+            keys_table: env["KEYS_TABLE"].clone(),
+            tenants_table: env["TENANTS_TABLE"].clone(),
+            dedup_table: env["DEDUP_TABLE"].clone(),
+            incidents_table: env["INCIDENTS_TABLE"].clone(),
+            alert_queue_url: env["ALERT_QUEUE_URL"].clone(),
+            rate_limit_per_sec: 0.0,
+            dedup: DedupConfig::default(),
+        }
+    }
+
+    fn triage_config(&self) -> TriageConfig {
+        let env = self.env("TriageFunction");
+        TriageConfig {
+            tenants_table: env["TENANTS_TABLE"].clone(),
+            incidents_table: env["INCIDENTS_TABLE"].clone(),
+            dispatch_table: env["DISPATCH_TABLE"].clone(),
+            agent_topic_arn: env["AGENT_TOPIC_ARN"].clone(),
+        }
+    }
+
+    async fn ingest(&self) -> axum::Router {
+        let config = self.ingest_config();
+        let dir = causeflow_shared::aws::DynamoDirectory::new(
+            self.ddb.clone(),
+            &config.keys_table,
+            &config.tenants_table,
+        );
+        dir.store_key("demo", "development", &dev_key())
+            .await
+            .unwrap();
+        router(ingest_state(&self.sdk, &config))
+    }
+
+    fn triage(&self) -> Triage {
+        triage(&self.sdk, &self.triage_config())
+    }
+
+    /// One SQS queue per agent, subscribed to the topic with a filter policy on `agent`.
+    async fn agent_queues(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for agent in [
+            "logs",
+            "metrics",
+            "traces",
+            "deploys",
+            "infrastructure",
+            "errors",
+        ] {
+            let url = self
+                .sqs
+                .create_queue()
+                .queue_name(format!("agent-{agent}-{}", uuid_suffix()))
+                .send()
+                .await
+                .unwrap()
+                .queue_url
+                .unwrap();
+            let arn = queue_arn(&self.sqs, &url).await;
+            self.sns
+                .subscribe()
+                .topic_arn(&self.refs["AgentDispatchTopic"])
+                .protocol("sqs")
+                .endpoint(arn)
+                .attributes("FilterPolicy", json!({"agent": [agent]}).to_string())
+                .attributes("RawMessageDelivery", "true")
+                .send()
+                .await
+                .unwrap();
+            out.insert(agent.to_owned(), url);
+        }
+        out
+    }
+
+    /// Drains a queue, returning the bodies.
+    async fn drain(&self, url: &str) -> Vec<String> {
+        let mut bodies = Vec::new();
+        loop {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap();
+            let msgs = out.messages.unwrap_or_default();
+            if msgs.is_empty() {
+                return bodies;
+            }
+            for m in msgs {
+                bodies.push(m.body.clone().unwrap_or_default());
+                self.sqs
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Receives everything on the alert queue and runs it through the triage Lambda's handler.
+    async fn run_triage(&self, triage: &Triage) -> Vec<String> {
+        let url = &self.refs["AlertQueue"];
+        let mut failed = Vec::new();
+        loop {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap();
+            let msgs = out.messages.unwrap_or_default();
+            if msgs.is_empty() {
+                return failed;
+            }
+            let event = sqs_event(
+                msgs.iter()
+                    .map(|m| (m.message_id.clone().unwrap(), m.body.clone().unwrap())),
+            );
+            let resp = ::triage::handle(event, triage).await;
+            let bad: Vec<String> = resp
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.clone())
+                .collect();
+            for m in msgs {
+                if !bad.contains(m.message_id.as_ref().unwrap()) {
+                    self.sqs
+                        .delete_message()
+                        .queue_url(url)
+                        .receipt_handle(m.receipt_handle.unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+            failed.extend(bad);
+            if !failed.is_empty() {
+                return failed;
+            }
+        }
+    }
+
+    async fn dedup_items(&self) -> i32 {
+        self.ddb
+            .scan()
+            .table_name(&self.refs["DedupTable"])
+            .send()
+            .await
+            .unwrap()
+            .count
+    }
+}
+
+fn uuid_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        chrono::Utc::now().timestamp_micros() % 1_000_000_000
+    )
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone()
+}
+
+async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, props: &Value) {
+    let key = |k: &Value| {
+        KeySchemaElement::builder()
+            .attribute_name(k["AttributeName"].as_str().unwrap())
+            .key_type(KeyType::from(k["KeyType"].as_str().unwrap()))
+            .build()
+            .unwrap()
+    };
+    assert_eq!(
+        props["BillingMode"], "PAY_PER_REQUEST",
+        "{name} is on-demand"
+    );
+    assert_eq!(
+        props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true,
+        "{name} has PITR"
+    );
+    let mut req = ddb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest);
+    for a in props["AttributeDefinitions"].as_array().unwrap() {
+        req = req.attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(a["AttributeName"].as_str().unwrap())
+                .attribute_type(ScalarAttributeType::from(
+                    a["AttributeType"].as_str().unwrap(),
+                ))
+                .build()
+                .unwrap(),
+        );
+    }
+    for k in props["KeySchema"].as_array().unwrap() {
+        req = req.key_schema(key(k));
+    }
+    for g in props["GlobalSecondaryIndexes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let mut gb = GlobalSecondaryIndex::builder()
+            .index_name(g["IndexName"].as_str().unwrap())
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            );
+        for k in g["KeySchema"].as_array().unwrap() {
+            gb = gb.key_schema(key(k));
+        }
+        req = req.global_secondary_indexes(gb.build().unwrap());
+    }
+    req.send().await.unwrap();
+    if let Some(ttl) = props.get("TimeToLiveSpecification") {
+        ddb.update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(ttl["AttributeName"].as_str().unwrap())
+                    .enabled(ttl["Enabled"].as_bool().unwrap())
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn sqs_event(records: impl Iterator<Item = (String, String)>) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = records
+        .map(|(id, body)| {
+            let mut m = SqsMessage::default();
+            m.message_id = Some(id);
+            m.body = Some(body);
+            m
+        })
+        .collect();
+    event
+}
+
+/// A response's status and JSON body.
+async fn call(app: &axum::Router, req: http::Request<lambda_http::Body>) -> (u16, Value) {
+    let (parts, body) = req.into_parts();
+    let bytes = body.to_vec();
+    let req = http::Request::from_parts(parts, Body::from(bytes));
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// An `events/` fixture, parsed exactly as the Lambda runtime's adapter parses it.
+async fn event(app: &axum::Router, file: &str) -> (u16, Value) {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("events").join(file)).unwrap();
+    call(app, lambda_http::request::from_str(&text).unwrap()).await
+}
+
+/// A signed generic webhook as an API Gateway request.
+async fn generic(app: &axum::Router, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/webhooks/demo/generic")
+        .header("content-type", "application/json")
+        .header("x-api-key", DEV_API_KEY)
+        .header(
+            "x-webhook-signature",
+            sign(DEV_WEBHOOK_SECRET, &[body.as_bytes()]),
+        )
+        .body(lambda_http::Body::from(body))
+        .unwrap();
+    call(app, req).await
+}
+
+#[test]
+fn template_environment_matches_the_code() {
+    let t = template();
+    for (function, vars) in [
+        ("IngestFunction", IngestConfig::VARIABLES.as_slice()),
+        ("TriageFunction", TriageConfig::VARIABLES.as_slice()),
+    ] {
+        let props = &t["Resources"][function]["Properties"];
+        let env = props["Environment"]["Variables"].as_object().unwrap();
+        for v in vars {
+            assert!(env.contains_key(*v), "{function} lacks {v}");
+        }
+        // Set on the function or in Globals.Function.
+        let setting = |k: &str| {
+            let own = &props[k];
+            if own.is_null() {
+                t["Globals"]["Function"][k].clone()
+            } else {
+                own.clone()
+            }
+        };
+        assert_eq!(setting("Architectures"), json!(["arm64"]), "{function}");
+        assert_eq!(setting("Runtime"), "provided.al2023", "{function}");
+        assert_eq!(
+            t["Resources"][function]["Metadata"]["BuildMethod"],
+            "rust-cargolambda"
+        );
+    }
+    let triage_timeout = t["Resources"]["TriageFunction"]["Properties"]["Timeout"]
+        .as_u64()
+        .unwrap();
+    let queue = &t["Resources"]["AlertQueue"]["Properties"];
+    assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= 6 * triage_timeout);
+    assert_eq!(queue["RedrivePolicy"]["maxReceiveCount"], 5);
+    let sqs_event = &t["Resources"]["TriageFunction"]["Properties"]["Events"];
+    assert!(sqs_event.to_string().contains("ReportBatchItemFailures"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pipeline_dispatches_by_severity_through_filtered_agent_queues() {
+    let stack = Stack::create().await;
+    let app = stack.ingest().await;
+    let agents = stack.agent_queues().await;
+    let triage = stack.triage();
+
+    // Grafana, three alerts: severity critical, warning, and none (high).
+    let (status, body) = event(&app, "webhook-grafana-firing.json").await;
+    assert_eq!(status, 202, "{body}");
+    let alerts = body["alerts"].as_array().unwrap().clone();
+    assert!(alerts.iter().all(|a| a["outcome"] == "created"), "{body}");
+    assert!(stack.run_triage(&triage).await.is_empty());
+
+    let mut received: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (agent, url) in &agents {
+        let tasks: Vec<Value> = stack
+            .drain(url)
+            .await
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        for t in &tasks {
+            assert_eq!(
+                &t["agent"],
+                agent.as_str(),
+                "the filter policy routes by agent"
+            );
+            assert_eq!(t["tenantId"], "demo");
+            assert_eq!(t["kind"], "dispatch");
+            assert!(t["taskId"].as_str().unwrap().starts_with("task_"));
+        }
+        received.insert(agent.clone(), tasks);
+    }
+    let count = |a: &str| received[a].len();
+    assert_eq!(
+        (
+            count("logs"),
+            count("metrics"),
+            count("deploys"),
+            count("traces"),
+            count("infrastructure"),
+            count("errors")
+        ),
+        (3, 2, 2, 1, 1, 0),
+        "critical + medium + high alerts: {received:?}"
+    );
+    let severities: Vec<&str> = received["logs"]
+        .iter()
+        .map(|t| t["severity"].as_str().unwrap())
+        .collect();
+    assert!(
+        severities.contains(&"critical")
+            && severities.contains(&"medium")
+            && severities.contains(&"high")
+    );
+
+    // The incidents API, from its event fixture.
+    let (status, list) = event(&app, "get-incidents.json").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["incidents"].as_array().unwrap().len(), 3);
+
+    // A low-severity alert is recorded and dispatches nothing.
+    let (status, low) = generic(
+        &app,
+        &json!({"sourceAlertId": "disk-low", "title": "disk 70%", "severity": "low"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(stack.run_triage(&triage).await.is_empty());
+    for url in agents.values() {
+        assert!(
+            stack.drain(url).await.is_empty(),
+            "low severity dispatched a task"
+        );
+    }
+    let id = low["alerts"][0]["incidentId"].as_str().unwrap();
+    let req = http::Request::builder()
+        .uri(format!("/v1/tenants/demo/incidents/{id}"))
+        .header("x-api-key", DEV_API_KEY)
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let (status, inc) = call(&app, req).await;
+    assert_eq!(
+        (status, inc["severity"].as_str(), inc["agents"].clone()),
+        (200, Some("low"), json!([]))
+    );
+
+    // A partial resolve: the resolved alert's agents get a cancel each, once.
+    let (status, body) = event(&app, "webhook-grafana-partial-resolve.json").await;
+    assert_eq!(status, 202, "{body}");
+    assert!(stack.run_triage(&triage).await.is_empty());
+    let cancels: usize = {
+        let mut n = 0;
+        for url in agents.values() {
+            for b in stack.drain(url).await {
+                let t: Value = serde_json::from_str(&b).unwrap();
+                assert_eq!(t["kind"], "cancel");
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(cancels >= 1, "a resolve cancels the dispatched agents");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_fixture_is_accepted_by_the_ingest_router() {
+    let stack = Stack::create().await;
+    let app = stack.ingest().await;
+    for (file, want) in [
+        ("healthz.json", 200),
+        ("webhook-datadog-triggered.json", 202),
+        ("webhook-datadog-recovered.json", 202),
+        ("webhook-grafana-firing.json", 202),
+        ("webhook-grafana-partial-resolve.json", 202),
+        ("webhook-grafana-oncall-escalation.json", 202),
+        ("webhook-sentry-issue.json", 202),
+        ("webhook-sentry-metric-alert.json", 202),
+        ("webhook-cloudwatch-alarm.json", 202),
+        ("webhook-generic-firing.json", 202),
+        ("webhook-generic-resolved.json", 202),
+        ("get-incidents.json", 200),
+    ] {
+        let (status, body) = event(&app, file).await;
+        assert_eq!(status, want, "{file}: {body}");
+    }
+    let (status, body) = event(&app, "webhook-datadog-recovered.json").await;
+    assert_eq!(
+        (status, body["alerts"][0]["outcome"].as_str()),
+        (202, Some("ignored")),
+        "a second recovery finds nothing open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_identical_webhooks_make_one_incident_and_a_resolve_releases_the_key() {
+    let stack = Stack::create().await;
+    let app = Arc::new(stack.ingest().await);
+    let body = json!({"sourceAlertId": "storm", "title": "alert storm", "severity": "high"});
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        let (app, body) = (app.clone(), body.clone());
+        handles.push(tokio::spawn(async move { generic(&app, &body).await }));
+    }
+    let mut statuses = BTreeMap::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for h in handles {
+        let (status, resp) = h.await.unwrap();
+        *statuses.entry(status).or_insert(0) += 1;
+        ids.insert(
+            resp["alerts"][0]["incidentId"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    assert_eq!(statuses, BTreeMap::from([(202, 1), (409, 19)]));
+    assert_eq!(
+        ids.len(),
+        1,
+        "every answer names the same incident: {ids:?}"
+    );
+    let queued = stack
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&stack.refs["AlertQueue"])
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        queued.attributes.unwrap()[&QueueAttributeName::ApproximateNumberOfMessages],
+        "1"
+    );
+
+    let (status, resp) = generic(
+        &app,
+        &json!({"sourceAlertId": "storm", "title": "alert storm", "status": "resolved"}),
+    )
+    .await;
+    assert_eq!(
+        (status, resp["alerts"][0]["outcome"].as_str()),
+        (202, Some("resolved"))
+    );
+    assert_eq!(stack.dedup_items().await, 0, "the resolve released the key");
+    let (status, resp) = generic(&app, &body).await;
+    assert_eq!(
+        (status, resp["alerts"][0]["outcome"].as_str()),
+        (202, Some("created"))
+    );
+    assert!(!ids.contains(resp["alerts"][0]["incidentId"].as_str().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_queue_answers_503_and_leaves_no_dedup_record() {
+    let stack = Stack::create().await;
+    let mut config = stack.ingest_config();
+    config.alert_queue_url = format!(
+        "{}/123456789012/no-such-queue",
+        endpoint().trim_end_matches('/')
+    );
+    let dir = causeflow_shared::aws::DynamoDirectory::new(
+        stack.ddb.clone(),
+        &config.keys_table,
+        &config.tenants_table,
+    );
+    dir.store_key("demo", "development", &dev_key())
+        .await
+        .unwrap();
+    let app = router(ingest_state(&stack.sdk, &config));
+    let (status, body) = generic(&app, &json!({"sourceAlertId": "q", "title": "queue down"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "unavailable");
+    assert_eq!(stack.dedup_items().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_leases_are_taken_over_and_expired_records_release_the_key() {
+    let stack = Stack::create().await;
+    let app = stack.ingest().await;
+    let table = &stack.refs["DedupTable"];
+    let now = chrono::Utc::now().timestamp_millis();
+    let put = |id: &str, incident: &str, pending: bool, lease: i64, expires: i64| {
+        stack
+            .ddb
+            .put_item()
+            .table_name(table)
+            .item(
+                "pk",
+                AttributeValue::S(dedup_pk(
+                    "demo",
+                    causeflow_shared::model::Provider::Generic,
+                    id,
+                )),
+            )
+            .item("incidentId", AttributeValue::S(incident.into()))
+            .item("pending", AttributeValue::Bool(pending))
+            .item("leaseUntil", AttributeValue::N(lease.to_string()))
+            .item("expiresAt", AttributeValue::N(expires.to_string()))
+            .send()
+    };
+    // A writer died after its conditional put: the retry after the lease finishes the job under
+    // the same incident id.
+    put(
+        "stale",
+        "inc_from_dead_writer",
+        true,
+        now - 1,
+        now + 3_600_000,
+    )
+    .await
+    .unwrap();
+    let (status, resp) = generic(&app, &json!({"sourceAlertId": "stale", "title": "x"})).await;
+    assert_eq!(
+        (status, resp["alerts"][0]["incidentId"].as_str()),
+        (202, Some("inc_from_dead_writer")),
+        "{resp}"
+    );
+    // A live lease is a request in flight: duplicate.
+    put(
+        "inflight",
+        "inc_in_flight",
+        true,
+        now + 60_000,
+        now + 3_600_000,
+    )
+    .await
+    .unwrap();
+    let (status, resp) = generic(&app, &json!({"sourceAlertId": "inflight", "title": "x"})).await;
+    assert_eq!(
+        (status, resp["alerts"][0]["incidentId"].as_str()),
+        (409, Some("inc_in_flight"))
+    );
+    // Expired (TTL not yet swept, as in the emulator): a new incident.
+    put("old", "inc_expired", false, 0, now - 1).await.unwrap();
+    let (status, resp) = generic(&app, &json!({"sourceAlertId": "old", "title": "x"})).await;
+    assert_eq!(status, 202);
+    assert_ne!(resp["alerts"][0]["incidentId"], "inc_expired");
+    let item = stack
+        .ddb
+        .get_item()
+        .table_name(table)
+        .key(
+            "pk",
+            AttributeValue::S(dedup_pk(
+                "demo",
+                causeflow_shared::model::Provider::Generic,
+                "stale",
+            )),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        item["pending"],
+        AttributeValue::Bool(false),
+        "marked queued"
+    );
+    assert!(item.contains_key("ttl"), "records carry the TTL attribute");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_fail_alone_redelivery_dispatches_nothing_twice_and_dead_letters_after_five()
+{
+    let stack = Stack::create().await;
+    let triage = stack.triage();
+    let agents = stack.agent_queues().await;
+
+    // The fixture batch: two alerts and one poison record.
+    let text = std::fs::read_to_string(Path::new(ROOT).join("events/sqs-triage.json")).unwrap();
+    let event: SqsEvent = serde_json::from_str(&text).unwrap();
+    let poison: Vec<String> = event
+        .records
+        .iter()
+        .filter(|r| {
+            serde_json::from_str::<causeflow_shared::model::QueuedAlert>(r.body.as_deref().unwrap())
+                .is_err()
+        })
+        .map(|r| r.message_id.clone().unwrap())
+        .collect();
+    assert_eq!(poison.len(), 1);
+    let resp = ::triage::handle(event.clone(), &triage).await;
+    let failed: Vec<String> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, poison, "only the poison record is reported");
+    let mut first = 0;
+    for url in agents.values() {
+        first += stack.drain(url).await.len();
+    }
+    assert!(first > 0);
+    // Redelivered: conditional writes, no second dispatch.
+    let resp = ::triage::handle(event, &triage).await;
+    assert_eq!(resp.batch_item_failures.len(), 1);
+    for url in agents.values() {
+        assert!(
+            stack.drain(url).await.is_empty(),
+            "a redelivery dispatched again"
+        );
+    }
+
+    // Through the real queue: a poison message lands in the DLQ after 5 receives.
+    let queue = &stack.refs["AlertQueue"];
+    stack
+        .sqs
+        .send_message()
+        .queue_url(queue)
+        .message_body("{\"not\":\"a queued alert\"}")
+        .send()
+        .await
+        .unwrap();
+    let mut receives = 0;
+    for _ in 0..20 {
+        let out = stack
+            .sqs
+            .receive_message()
+            .queue_url(queue)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+        let msgs = out.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            break;
+        }
+        receives += 1;
+        let ev = sqs_event(
+            msgs.iter()
+                .map(|m| (m.message_id.clone().unwrap(), m.body.clone().unwrap())),
+        );
+        assert_eq!(
+            ::triage::handle(ev, &triage)
+                .await
+                .batch_item_failures
+                .len(),
+            1
+        );
+    }
+    assert_eq!(receives, 5);
+    let dlq = stack.drain(&stack.refs["AlertDeadLetterQueue"]).await;
+    assert_eq!(dlq, ["{\"not\":\"a queued alert\"}"]);
+}
