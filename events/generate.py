@@ -2,8 +2,9 @@
 """Writes the sample Lambda events in this folder (see README.md here).
 
 API Gateway HTTP API (payload format 2.0) request events for the ingest function, built from the
-realistic sender bodies in tests/fixtures/webhooks/, and one SQS event for the triage function.
-Webhook bodies are signed with the DEVELOPMENT webhook secret below (local use only).
+realistic sender bodies in tests/fixtures/webhooks/, one SQS event for the triage function, and one
+SNS event for the sample CloudWatch forwarder (examples/cloudwatch-forwarder). Webhook bodies are
+signed with the DEVELOPMENT webhook secret below (local use only).
 
 The output is deterministic: running it again rewrites the same bytes.
 
@@ -260,11 +261,62 @@ def sqs_event():
     return {"Records": records}
 
 
+# The sample forwarder's own subscription to the alarm topic (protocol lambda), distinct from the
+# HTTPS subscription in SNS_HEADERS.
+FORWARDER_SUBSCRIPTION_ID = "e4a19c07-52d3-4b8f-a6e1-0d93c7f28b56"
+
+# The alarm's two notifications, in the order SNS delivered them.
+FORWARDER_FIXTURES = ["cloudwatch/metric-alarm-alarm.json", "cloudwatch/metric-alarm-ok.json"]
+
+
+def sns_record(envelope):
+    """One record of a Lambda SNS event, for the notification SNS posted over HTTPS as `envelope`.
+
+    Lambda's SNS event carries the same signed fields, spelled `SigningCertUrl` and
+    `UnsubscribeUrl`, plus `MessageAttributes`; the unsubscribe link names the Lambda subscription.
+    """
+    topic = envelope["TopicArn"]
+    subscription = f"{topic}:{FORWARDER_SUBSCRIPTION_ID}"
+    region = topic.split(":")[3]
+    return {
+        "EventSource": "aws:sns",
+        "EventVersion": "1.0",
+        "EventSubscriptionArn": subscription,
+        "Sns": {
+            "Type": envelope["Type"],
+            "MessageId": envelope["MessageId"],
+            "TopicArn": topic,
+            "Subject": envelope["Subject"],
+            "Message": envelope["Message"],
+            "Timestamp": envelope["Timestamp"],
+            "SignatureVersion": envelope["SignatureVersion"],
+            "Signature": envelope["Signature"],
+            "SigningCertUrl": envelope["SigningCertURL"],
+            "UnsubscribeUrl": (
+                f"https://sns.{region}.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={subscription}"
+            ),
+            "MessageAttributes": {},
+        },
+    }
+
+
+def sns_forwarder_event():
+    """The Lambda SNS event the sample forwarder receives: the ALARM, then the OK of one alarm."""
+    records = []
+    for fixture in FORWARDER_FIXTURES:
+        envelope = json.loads((FIXTURES / fixture).read_text(encoding="utf-8"))
+        if envelope.get("Type") != "Notification" or "Subject" not in envelope:
+            raise SystemExit(f"{fixture}: expected an SNS Notification with a Subject")
+        records.append(sns_record(envelope))
+    return {"Records": records}
+
+
 def all_events():
     for spec in WEBHOOKS:
         yield spec[0], webhook_event(*spec)
     yield from get_events()
     yield "sqs-triage.json", sqs_event()
+    yield "sns-forwarder-alarm.json", sns_forwarder_event()
 
 
 def render(event) -> str:

@@ -74,6 +74,9 @@ enum Command {
     /// Read incidents.
     #[command(subcommand)]
     Incidents(IncidentsCmd),
+    /// SNS subscriptions to tenants' CloudWatch endpoints.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCmd),
 }
 
 #[derive(Args)]
@@ -94,6 +97,10 @@ struct ServeArgs {
     /// Hours after which an unresolved alert's dedup record expires.
     #[arg(long, default_value_t = 168)]
     dedup_ttl_hours: u64,
+    /// Pre-seed SNS signing certificates (air-gapped installs): a directory mirroring the
+    /// SigningCertURLs as <host>/<path>.pem, or a JSON file {"<url>": "<PEM>"}.
+    #[arg(long)]
+    sns_certs: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -170,6 +177,26 @@ enum KeysCmd {
 
 #[derive(Subcommand)]
 enum TenantsCmd {
+    /// Let SNS messages from this topic post CloudWatch alarms for the tenant without credentials
+    /// (their SNS signature is still verified).
+    AllowTopic {
+        #[arg(long)]
+        tenant: String,
+        /// arn:aws:sns:<region>:<account>:<topic>
+        #[arg(long)]
+        topic: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a topic from the tenant's allow-list.
+    DisallowTopic {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        topic: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Override which agents a severity dispatches for this tenant (--agents "" dispatches none;
     /// --reset restores the default table).
     SetAgents {
@@ -184,6 +211,19 @@ enum TenantsCmd {
         reset: bool,
         #[command(flatten)]
         store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionsCmd {
+    /// List a tenant's SNS subscriptions and their state (pending, confirmed, unsubscribed).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArg,
     },
 }
 
@@ -227,6 +267,7 @@ async fn main() -> Result<()> {
         Command::Tenants(cmd) => tenants(cmd).await,
         Command::Sign { secret, timestamp } => sign_stdin(&secret, timestamp.as_deref()),
         Command::Incidents(cmd) => incidents(cmd).await,
+        Command::Subscriptions(cmd) => subscriptions(cmd).await,
     }
 }
 
@@ -245,6 +286,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ..DedupConfig::default()
     };
     config.agent_webhook = args.agent_webhook.clone();
+    config.sns_certs = args.sns_certs.clone();
     let app =
         Embedded::open(config).with_context(|| format!("opening {}", args.db.db.display()))?;
     let listener = tokio::net::TcpListener::bind(&args.addr)
@@ -468,14 +510,67 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
     Ok(())
 }
 
+async fn subscriptions(cmd: SubscriptionsCmd) -> Result<()> {
+    use causeflow_shared::ports::Subscriptions;
+    let SubscriptionsCmd::List { tenant, json, db } = cmd;
+    let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
+    let subs = SqliteDirectory::new(db).list(&tenant).await?;
+    if json {
+        println!("{}", serde_json::to_string(&subs)?);
+    } else if subs.is_empty() {
+        println!("No SNS subscriptions for tenant {tenant}.");
+    } else {
+        for s in subs {
+            println!(
+                "{}\t{}\t{}\t{}",
+                s.topic_arn,
+                s.state.as_str(),
+                s.subscription_arn.unwrap_or_default(),
+                s.updated_at
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn tenants(cmd: TenantsCmd) -> Result<()> {
+    let cmd = match cmd {
+        TenantsCmd::AllowTopic {
+            tenant,
+            topic,
+            store,
+        } => {
+            open_directory(&store)
+                .await?
+                .allow_topic(&tenant, &topic, true)
+                .await?;
+            println!("SNS topic {topic} may now post CloudWatch alarms for tenant {tenant}.");
+            return Ok(());
+        }
+        TenantsCmd::DisallowTopic {
+            tenant,
+            topic,
+            store,
+        } => {
+            open_directory(&store)
+                .await?
+                .allow_topic(&tenant, &topic, false)
+                .await?;
+            println!("SNS topic {topic} is no longer allowed for tenant {tenant}.");
+            return Ok(());
+        }
+        other => other,
+    };
     let TenantsCmd::SetAgents {
         tenant,
         severity,
         agents,
         reset,
         store,
-    } = cmd;
+    } = cmd
+    else {
+        unreachable!("handled above")
+    };
     let dir = open_directory(&store).await?;
     let mut overrides = if reset {
         AgentOverrides::default()

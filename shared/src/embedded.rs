@@ -13,8 +13,9 @@ use tracing::{info, warn};
 use crate::auth::IssuedKey;
 use crate::dedup::DedupConfig;
 use crate::error::StoreError;
-use crate::http::{router, AppState, RateLimit};
+use crate::http::{router, AppState, RateLimit, SnsSupport};
 use crate::ports::KeyAdmin;
+use crate::sns::{CertCache, HttpsGet, ReqwestGet, SubscribeUrlConfirmer};
 use crate::sqlite::{
     Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue,
 };
@@ -30,6 +31,9 @@ pub struct EmbeddedConfig {
     pub agent_webhook: Option<String>,
     /// How long a received queue message stays hidden before it is redelivered.
     pub visibility: Duration,
+    /// SNS signing certificates to pre-seed (air-gapped installs): a directory mirroring the
+    /// SigningCertURLs as `<host>/<path>.pem`, or a JSON file `{"<url>": "<PEM>"}`.
+    pub sns_certs: Option<PathBuf>,
 }
 
 impl EmbeddedConfig {
@@ -40,6 +44,7 @@ impl EmbeddedConfig {
             dedup: DedupConfig::default(),
             agent_webhook: None,
             visibility: Duration::from_secs(30),
+            sns_certs: None,
         }
     }
 }
@@ -69,19 +74,40 @@ pub fn validate_agent_webhook(url: &str) -> Result<(), String> {
 }
 
 impl Embedded {
-    /// Opens the database and builds every adapter.
+    /// Opens the database and builds every adapter; HTTPS GETs (SNS certificates and
+    /// subscription confirmations) go out with reqwest.
     pub fn open(config: EmbeddedConfig) -> Result<Embedded, StoreError> {
+        let https = ReqwestGet::new().map_err(StoreError::Unavailable)?;
+        Self::open_with(config, Arc::new(https))
+    }
+
+    /// Like [`Embedded::open`] with the HTTPS client injected (tests record what it fetches).
+    pub fn open_with(
+        config: EmbeddedConfig,
+        https: Arc<dyn HttpsGet>,
+    ) -> Result<Embedded, StoreError> {
         let db = Db::open(&config.db_path)?;
         let directory = SqliteDirectory::new(db.clone());
         let incidents = SqliteIncidents::new(db.clone());
         let dispatcher = SqliteDispatcher::new(db.clone());
         let ledger = SqliteLedger::new(db.clone(), config.dedup);
-        let state = Arc::new(AppState::new(
+        let mut state = AppState::new(
             Arc::new(directory.clone()),
             Arc::new(ledger),
             Arc::new(incidents.clone()),
             config.rate_limit,
-        ));
+        );
+        let certs = CertCache::new(https.clone());
+        if let Some(path) = &config.sns_certs {
+            let n = certs.seed_from(path).map_err(StoreError::Invalid)?;
+            info!(certificates = n, path = %path.display(), "pre-seeded SNS signing certificates");
+        }
+        state.sns = Some(SnsSupport {
+            certs,
+            confirmer: Arc::new(SubscribeUrlConfirmer::new(https)),
+            subscriptions: Arc::new(directory.clone()),
+        });
+        let state = Arc::new(state);
         let triage = Triage {
             incidents: Arc::new(incidents.clone()),
             directory: Arc::new(directory.clone()),

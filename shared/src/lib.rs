@@ -17,5 +17,6 @@ pub mod model;
 pub mod normalize;
 pub mod policy;
 pub mod ports;
+pub mod sns;
 pub mod sqlite;
 pub mod triage;

@@ -30,6 +30,8 @@ pub trait Directory: Send + Sync {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// The tenant's replacement rows for the severity -> agents table.
     async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError>;
+    /// Whether SNS messages from `topic_arn` may post to this tenant without credentials.
+    async fn topic_allowed(&self, tenant_id: &str, topic_arn: &str) -> Result<bool, StoreError>;
 }
 
 /// The dedup lifecycle and the alert queue (SPEC §5).
@@ -135,6 +137,71 @@ pub trait KeyAdmin: Directory {
         tenant: &str,
         overrides: &AgentOverrides,
     ) -> Result<(), StoreError>;
+    /// Adds (`allow`) or removes an SNS topic on the tenant's allow-list.
+    async fn allow_topic(
+        &self,
+        tenant: &str,
+        topic_arn: &str,
+        allow: bool,
+    ) -> Result<(), StoreError>;
+}
+
+/// Where an SNS subscription to a tenant's endpoint stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionState {
+    Pending,
+    Confirmed,
+    Unsubscribed,
+}
+
+impl SubscriptionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionState::Pending => "pending",
+            SubscriptionState::Confirmed => "confirmed",
+            SubscriptionState::Unsubscribed => "unsubscribed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => SubscriptionState::Pending,
+            "confirmed" => SubscriptionState::Confirmed,
+            "unsubscribed" => SubscriptionState::Unsubscribed,
+            _ => return None,
+        })
+    }
+}
+
+/// One SNS topic's subscription to one tenant's endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub tenant_id: String,
+    pub topic_arn: String,
+    pub state: SubscriptionState,
+    pub subscription_arn: Option<String>,
+    pub updated_at: String,
+}
+
+/// The record of SNS subscriptions per tenant.
+#[async_trait]
+pub trait Subscriptions: Send + Sync {
+    async fn record(&self, subscription: &Subscription) -> Result<(), StoreError>;
+    async fn list(&self, tenant_id: &str) -> Result<Vec<Subscription>, StoreError>;
+}
+
+/// Confirms an SNS subscription whose SubscriptionConfirmation has been verified.
+#[async_trait]
+pub trait SubscriptionConfirmer: Send + Sync {
+    /// Returns the subscription ARN when the confirmation reports one.
+    async fn confirm(
+        &self,
+        topic_arn: &str,
+        token: &str,
+        subscribe_url: &reqwest::Url,
+    ) -> Result<Option<String>, String>;
 }
 
 /// Tenant ids appear in URLs and table keys: lower-case letters, digits, `-` and `_`.

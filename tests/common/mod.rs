@@ -2,6 +2,8 @@
 //! started in-process per test, plus request helpers.
 #![allow(dead_code)]
 
+pub mod sns_signing;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -51,13 +53,24 @@ impl Server {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut EmbeddedConfig)) -> Server {
+        Self::start_full(tweak, None).await
+    }
+
+    /// With the HTTPS client (SNS certificates, subscription confirmations) injected.
+    pub async fn start_full(
+        tweak: impl FnOnce(&mut EmbeddedConfig),
+        https: Option<std::sync::Arc<dyn causeflow_shared::sns::HttpsGet>>,
+    ) -> Server {
         let mut config = EmbeddedConfig::new(tempdir().join("causeflow.db"));
         config.rate_limit = RateLimit {
             per_sec: 0.0,
             burst: 0.0,
         };
         tweak(&mut config);
-        let app = Embedded::open(config).unwrap();
+        let app = match https {
+            Some(h) => Embedded::open_with(config, h).unwrap(),
+            None => Embedded::open(config).unwrap(),
+        };
         let key = app.directory.create_key("acme", "test").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -41,14 +41,16 @@ pub struct IngestConfig {
     pub dedup_table: String,
     pub incidents_table: String,
     pub alert_queue_url: String,
+    pub subscriptions_table: String,
     pub rate_limit_per_sec: f64,
     pub dedup: DedupConfig,
 }
 
 impl IngestConfig {
     /// The variables this function reads (checked against `template.yaml` by the tests).
-    pub const VARIABLES: [&'static str; 7] = [
+    pub const VARIABLES: [&'static str; 8] = [
         "KEYS_TABLE",
+        "SUBSCRIPTIONS_TABLE",
         "TENANTS_TABLE",
         "DEDUP_TABLE",
         "INCIDENTS_TABLE",
@@ -64,6 +66,7 @@ impl IngestConfig {
             dedup_table: required("DEDUP_TABLE")?,
             incidents_table: required("INCIDENTS_TABLE")?,
             alert_queue_url: required("ALERT_QUEUE_URL")?,
+            subscriptions_table: required("SUBSCRIPTIONS_TABLE")?,
             rate_limit_per_sec: number("RATE_LIMIT_PER_SEC", 100.0)?,
             dedup: DedupConfig {
                 ttl: Duration::from_secs_f64(number("DEDUP_TTL_HOURS", 168.0)? * 3600.0),

@@ -148,6 +148,25 @@ impl Directory for DynamoDirectory {
                 .map_err(|e| StoreError::Unavailable(format!("tenant agent overrides: {e}"))),
         }
     }
+
+    async fn topic_allowed(&self, tenant_id: &str, topic_arn: &str) -> Result<bool, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.tenants_table)
+            .key("tenantId", s(tenant_id))
+            .projection_expression("allowedTopics")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get tenant", e))?;
+        Ok(out
+            .item
+            .as_ref()
+            .and_then(|i| i.get("allowedTopics"))
+            .and_then(|v| v.as_ss().ok())
+            .is_some_and(|topics| topics.iter().any(|t| t == topic_arn)))
+    }
 }
 
 #[async_trait]
@@ -273,6 +292,37 @@ impl KeyAdmin for DynamoDirectory {
         req.send()
             .await
             .map_err(|e| unavailable("set agent overrides", e))?;
+        Ok(())
+    }
+
+    async fn allow_topic(
+        &self,
+        tenant: &str,
+        topic_arn: &str,
+        allow: bool,
+    ) -> Result<(), StoreError> {
+        if crate::sns::topic_region(topic_arn).is_none() {
+            return Err(StoreError::Invalid(format!(
+                "{topic_arn:?} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"
+            )));
+        }
+        self.ensure_tenant(tenant).await?;
+        self.ddb
+            .update_item()
+            .table_name(&self.tenants_table)
+            .key("tenantId", s(tenant))
+            .update_expression(if allow {
+                "ADD allowedTopics :t"
+            } else {
+                "DELETE allowedTopics :t"
+            })
+            .expression_attribute_values(
+                ":t",
+                aws_sdk_dynamodb::types::AttributeValue::Ss(vec![topic_arn.to_owned()]),
+            )
+            .send()
+            .await
+            .map_err(|e| unavailable("update topic allow-list", e))?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ mod directory;
 mod incidents;
 mod item;
 mod ledger;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ pub use config::{ConfigError, IngestConfig, TriageConfig};
 pub use directory::DynamoDirectory;
 pub use incidents::{DynamoIncidents, SnsDispatcher};
 pub use ledger::{dedup_pk, DynamoLedger};
+pub use subscriptions::{DynamoSubscriptions, SnsApiConfirmer};
 
 pub use aws_config::SdkConfig;
 pub use aws_sdk_dynamodb::Client as DynamoClient;
@@ -29,9 +31,19 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 
 /// Everything the ingest Lambda's router needs, built once at init.
 pub fn ingest_state(sdk: &aws_config::SdkConfig, config: &IngestConfig) -> Arc<AppState> {
+    let https = crate::sns::ReqwestGet::new().expect("an HTTPS client builds");
+    ingest_state_with(sdk, config, Arc::new(https))
+}
+
+/// Like [`ingest_state`] with the HTTPS client (SNS certificates) injected.
+pub fn ingest_state_with(
+    sdk: &aws_config::SdkConfig,
+    config: &IngestConfig,
+    https: Arc<dyn crate::sns::HttpsGet>,
+) -> Arc<AppState> {
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    Arc::new(AppState::new(
+    let mut state = AppState::new(
         Arc::new(DynamoDirectory::new(
             ddb.clone(),
             &config.keys_table,
@@ -44,12 +56,18 @@ pub fn ingest_state(sdk: &aws_config::SdkConfig, config: &IngestConfig) -> Arc<A
             &config.alert_queue_url,
             config.dedup,
         )),
-        Arc::new(DynamoIncidents::new(ddb, &config.incidents_table)),
+        Arc::new(DynamoIncidents::new(ddb.clone(), &config.incidents_table)),
         RateLimit {
             per_sec: config.rate_limit_per_sec,
             burst: config.rate_limit_per_sec * 2.0,
         },
-    ))
+    );
+    state.sns = Some(crate::http::SnsSupport {
+        certs: crate::sns::CertCache::new(https),
+        confirmer: Arc::new(SnsApiConfirmer::new(sdk)),
+        subscriptions: Arc::new(DynamoSubscriptions::new(ddb, &config.subscriptions_table)),
+    });
+    Arc::new(state)
 }
 
 /// The triage step wired to DynamoDB and SNS, built once at init.

@@ -3,6 +3,7 @@
 
 mod problem;
 mod ratelimit;
+mod sns;
 mod webhook;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use problem::ApiError;
 pub use ratelimit::{RateLimit, RateLimiter};
+pub use sns::SnsSupport;
 
 use crate::auth::hash_api_key;
 use crate::model::IncidentStatus;
@@ -31,6 +33,8 @@ pub struct AppState {
     pub incidents: Arc<dyn IncidentStore>,
     pub limiter: RateLimiter,
     pub max_body: usize,
+    /// CloudWatch straight from SNS (signature, binding, confirmation); `None` refuses it.
+    pub sns: Option<SnsSupport>,
 }
 
 impl AppState {
@@ -46,6 +50,7 @@ impl AppState {
             incidents,
             limiter: RateLimiter::new(rate_limit),
             max_body: MAX_BODY_BYTES,
+            sns: None,
         }
     }
 }

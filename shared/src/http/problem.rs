@@ -40,6 +40,12 @@ pub enum ApiError {
     RateLimited { retry_after: Duration },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A 401 that asks for HTTP Basic credentials (SNS sends them only after this challenge).
+    #[error("credentials required: {0}")]
+    Challenge(Box<ApiError>),
+    /// The request is malformed in a way that is not about the payload's fields (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// Every alert of the request duplicates an open incident (409).
     #[error("duplicate")]
     Duplicate { alerts: Vec<AlertResult> },
@@ -119,6 +125,8 @@ impl ApiError {
                 ),
             ),
             Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", d.clone()),
+            Challenge(inner) => inner.parts(),
+            BadRequest(d) => (StatusCode::BAD_REQUEST, "invalid_sns_message", "Invalid SNS message", d.clone()),
             Duplicate { .. } => (
                 StatusCode::CONFLICT,
                 "duplicate",
@@ -153,6 +161,12 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_SECS),
             _ => None,
         };
+        if let ApiError::Challenge(_) = &self {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"CauseFlow\""),
+            );
+        }
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -19,7 +19,7 @@ use crate::model::{Outcome, Provider};
 use crate::normalize::Normalized;
 use crate::ports::KeyRecord;
 
-const API_KEY: &str = "x-api-key";
+pub(super) const API_KEY: &str = "x-api-key";
 
 #[instrument(skip_all, fields(tenant = %tenant, provider = %provider))]
 pub(super) async fn handle(
@@ -44,12 +44,29 @@ pub(super) async fn handle(
         }
     }
 
+    // Amazon SNS cannot send headers: without a key, a cloudwatch request must stand on SNS's
+    // own signature (SPEC §3 (b)).
+    if provider == Provider::Cloudwatch && header_str(&headers, API_KEY).is_none() {
+        return super::sns::handle(&app, &tenant, &headers, body).await;
+    }
     let key = authenticate(&app, &headers, &tenant).await?;
     app.limiter
         .check(&tenant)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    let bytes = read_body(&app, body).await?;
+    let normalized = verify_and_normalize(
+        provider,
+        &headers,
+        &bytes,
+        &key,
+        chrono::Utc::now().timestamp(),
+    )?;
+    admit(&app, &tenant, provider, normalized).await
+}
 
-    let bytes = Limited::new(body, app.max_body)
+/// Reads the body, refusing more than the limit while reading (413).
+pub(super) async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    Ok(Limited::new(body, app.max_body)
         .collect()
         .await
         .map_err(|e| {
@@ -61,15 +78,17 @@ pub(super) async fn handle(
                 ApiError::InvalidPayload(format!("the body could not be read: {e}"))
             }
         })?
-        .to_bytes();
+        .to_bytes())
+}
 
-    let alerts = match verify_and_normalize(
-        provider,
-        &headers,
-        &bytes,
-        &key,
-        chrono::Utc::now().timestamp(),
-    )? {
+/// Hands normalised alerts to the ledger and answers 202, 409 or 200 (SPEC §4).
+pub(super) async fn admit(
+    app: &AppState,
+    tenant: &str,
+    provider: Provider,
+    normalized: Normalized,
+) -> Result<Response, ApiError> {
+    let alerts = match normalized {
         Normalized::NotAnAlert { what } => {
             info!(%what, "acknowledged a non-alert event");
             return Ok((
@@ -86,7 +105,7 @@ pub(super) async fn handle(
 
     let results = app
         .ledger
-        .admit(&tenant, provider, &alerts, chrono::Utc::now())
+        .admit(tenant, provider, &alerts, chrono::Utc::now())
         .await
         .inspect_err(|e| tracing::error!(error = %e, "ledger admit failed"))?;
 

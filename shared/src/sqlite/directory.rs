@@ -9,7 +9,10 @@ use super::{now_ms, Db};
 use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::AgentOverrides;
-use crate::ports::{check_tenant_id, Directory, KeyAdmin, KeyRecord, KeySummary};
+use crate::ports::{
+    check_tenant_id, Directory, KeyAdmin, KeyRecord, KeySummary, Subscription, SubscriptionState,
+    Subscriptions,
+};
 
 /// Tenants and keys stored in the embedded database.
 #[derive(Clone)]
@@ -206,6 +209,37 @@ impl KeyAdmin for SqliteDirectory {
             })
             .await
     }
+
+    async fn allow_topic(
+        &self,
+        tenant: &str,
+        topic_arn: &str,
+        allow: bool,
+    ) -> Result<(), StoreError> {
+        if crate::sns::topic_region(topic_arn).is_none() {
+            return Err(StoreError::Invalid(format!(
+                "{topic_arn:?} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"
+            )));
+        }
+        let (t, a) = (tenant.to_owned(), topic_arn.to_owned());
+        self.db
+            .write(move |c| {
+                ensure_tenant(c, &t)?;
+                if allow {
+                    c.execute(
+                        "INSERT OR IGNORE INTO topic_allowlist(tenant_id, topic_arn, created_at) VALUES (?1, ?2, ?3)",
+                        params![t, a, now_ms()],
+                    )?;
+                } else {
+                    c.execute(
+                        "DELETE FROM topic_allowlist WHERE tenant_id = ?1 AND topic_arn = ?2",
+                        params![t, a],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -258,5 +292,60 @@ impl Directory for SqliteDirectory {
             Some(j) => serde_json::from_str(&j)
                 .map_err(|e| StoreError::Unavailable(format!("tenant agent overrides: {e}"))),
         }
+    }
+
+    async fn topic_allowed(&self, tenant_id: &str, topic_arn: &str) -> Result<bool, StoreError> {
+        let (t, a) = (tenant_id.to_owned(), topic_arn.to_owned());
+        self.db
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT 1 FROM topic_allowlist WHERE tenant_id = ?1 AND topic_arn = ?2",
+                )?
+                .exists(params![t, a])?)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Subscriptions for SqliteDirectory {
+    async fn record(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let sub = sub.clone();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO sns_subscriptions(tenant_id, topic_arn, state, subscription_arn, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(tenant_id, topic_arn) DO UPDATE SET state = excluded.state,
+                        subscription_arn = COALESCE(excluded.subscription_arn, subscription_arn),
+                        updated_at = excluded.updated_at",
+                    params![sub.tenant_id, sub.topic_arn, sub.state.as_str(), sub.subscription_arn, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list(&self, tenant_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        let t = tenant_id.to_owned();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare(
+                    "SELECT tenant_id, topic_arn, state, subscription_arn, updated_at
+                     FROM sns_subscriptions WHERE tenant_id = ?1 ORDER BY topic_arn",
+                )?;
+                let rows = st.query_map([t], |r| {
+                    Ok(Subscription {
+                        tenant_id: r.get(0)?,
+                        topic_arn: r.get(1)?,
+                        state: SubscriptionState::parse(&r.get::<_, String>(2)?)
+                            .unwrap_or(SubscriptionState::Pending),
+                        subscription_arn: r.get(3)?,
+                        updated_at: ms_to_rfc3339(r.get(4)?),
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
     }
 }

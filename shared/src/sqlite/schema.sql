@@ -72,3 +72,21 @@ CREATE TABLE IF NOT EXISTS dispatches (
 );
 CREATE INDEX IF NOT EXISTS dispatches_undelivered ON dispatches(next_attempt_at) WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS dispatches_by_incident ON dispatches(tenant_id, incident_id);
+
+-- SNS topics allowed to post for a tenant without credentials.
+CREATE TABLE IF NOT EXISTS topic_allowlist (
+    tenant_id  TEXT NOT NULL,
+    topic_arn  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, topic_arn)
+) WITHOUT ROWID;
+
+-- SNS subscriptions to tenants' endpoints and where they stand.
+CREATE TABLE IF NOT EXISTS sns_subscriptions (
+    tenant_id        TEXT NOT NULL,
+    topic_arn        TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    subscription_arn TEXT,
+    updated_at       INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, topic_arn)
+) WITHOUT ROWID;

@@ -1,0 +1,177 @@
+//! The cloudwatch provider straight from an Amazon SNS subscription (SPEC §3 (b)): the request
+//! carries no headers of ours, so it must prove itself with SNS's RSA signature, and the tenant
+//! must be proven by HTTP Basic credentials holding one of its API keys or by the topic being on
+//! its allow-list. Unbound requests are refused before any certificate is fetched.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::webhook::{admit, read_body};
+use super::{ApiError, AppState};
+use crate::auth::hash_api_key;
+use crate::ingest::header_str;
+use crate::model::Provider;
+use crate::normalize::{normalize, Context};
+use crate::ports::{Subscription, SubscriptionConfirmer, SubscriptionState, Subscriptions};
+use crate::sns::{self, CertCache, SnsError, SnsType};
+
+/// What the SNS path needs besides the shared state; absent when the host does not offer it.
+pub struct SnsSupport {
+    pub certs: CertCache,
+    pub confirmer: Arc<dyn SubscriptionConfirmer>,
+    pub subscriptions: Arc<dyn Subscriptions>,
+}
+
+fn sns_error(e: SnsError) -> ApiError {
+    match e {
+        SnsError::Invalid(d) => ApiError::BadRequest(d),
+        SnsError::UntrustedUrl(d) | SnsError::BadSignature(d) => ApiError::SignatureMismatch(d),
+        SnsError::CertUnavailable(d) => {
+            warn!(detail = %d, "SNS certificate unavailable");
+            ApiError::Unavailable(
+                "the SNS signing certificate could not be fetched; retry shortly".into(),
+            )
+        }
+    }
+}
+
+/// The API key in `Authorization: Basic`: the password, or the user name when the password is
+/// empty (`https://<key>@host` puts it there).
+fn basic_key(headers: &HeaderMap) -> Option<String> {
+    let value = header_str(headers, "authorization")?;
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(b64.trim()).ok()?).ok()?;
+    let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    let key = if password.is_empty() { user } else { password };
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+pub(super) async fn handle(
+    app: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let missing_key = || ApiError::MissingApiKey("X-API-Key");
+    let Some(support) = app.sns.as_ref() else {
+        return Err(missing_key());
+    };
+    if header_str(headers, "x-amz-sns-rawdelivery").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return Err(ApiError::MissingSignature(
+            "Raw message delivery carries no SNS signature: it is accepted only with X-API-Key and \
+             X-Webhook-Signature (use the sample forwarder), or turn raw delivery off."
+                .into(),
+        ));
+    }
+    let bytes = read_body(app, body).await?;
+    let root = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "The body is not an SNS message (a JSON object); other senders need X-API-Key."
+                    .into(),
+            ))
+        }
+    };
+    if !sns::is_envelope(&root) {
+        return Err(missing_key());
+    }
+    let msg = sns::parse(&root).map_err(sns_error)?;
+    if let Some(t) = header_str(headers, "x-amz-sns-message-type") {
+        if t != msg.kind.as_str() {
+            return Err(ApiError::BadRequest(format!(
+                "x-amz-sns-message-type {t:?} disagrees with the message Type {:?}",
+                msg.kind.as_str()
+            )));
+        }
+    }
+
+    // Tenant binding first: unbound requests never cause an outbound fetch.
+    match basic_key(headers) {
+        Some(key) => match app.directory.key_by_hash(&hash_api_key(&key)).await? {
+            Some(k) if !k.revoked && k.tenant_id == tenant => {}
+            _ => return Err(ApiError::Challenge(Box::new(ApiError::InvalidApiKey))),
+        },
+        None => {
+            if !app.directory.topic_allowed(tenant, &msg.topic_arn).await? {
+                return Err(ApiError::Challenge(Box::new(ApiError::MissingApiKey(
+                    "Authorization (HTTP Basic with an API key as the password, or an allow-listed topic)",
+                ))));
+            }
+        }
+    }
+    app.limiter
+        .check(tenant)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    support.certs.verify(&msg).await.map_err(sns_error)?;
+
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let record = |state: SubscriptionState, arn: Option<String>| Subscription {
+        tenant_id: tenant.to_owned(),
+        topic_arn: msg.topic_arn.clone(),
+        state,
+        subscription_arn: arn,
+        updated_at: now.clone(),
+    };
+    match msg.kind {
+        SnsType::Notification => {
+            let normalized = normalize(Provider::Cloudwatch, &root, Context::default())?;
+            admit(app, tenant, Provider::Cloudwatch, normalized).await
+        }
+        SnsType::SubscriptionConfirmation => {
+            let url = sns::check_subscribe_url(msg.subscribe_url.as_deref().unwrap_or_default())
+                .map_err(sns_error)?;
+            support
+                .subscriptions
+                .record(&record(SubscriptionState::Pending, None))
+                .await?;
+            let token = msg.token.as_deref().unwrap_or_default();
+            match support.confirmer.confirm(&msg.topic_arn, token, &url).await {
+                Ok(arn) => {
+                    support
+                        .subscriptions
+                        .record(&record(SubscriptionState::Confirmed, arn.clone()))
+                        .await?;
+                    info!(topic = %msg.topic_arn, "SNS subscription confirmed");
+                    Ok((
+                        StatusCode::OK,
+                        Json(json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "confirmed", "subscriptionArn": arn})),
+                    )
+                        .into_response())
+                }
+                Err(e) => {
+                    warn!(topic = %msg.topic_arn, error = %e, "SNS subscription confirmation failed");
+                    // 503 is the only answer SNS retries.
+                    Err(ApiError::Unavailable(
+                        "confirming the SNS subscription failed; SNS will retry the confirmation"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        SnsType::UnsubscribeConfirmation => {
+            support
+                .subscriptions
+                .record(&record(SubscriptionState::Unsubscribed, None))
+                .await?;
+            info!(topic = %msg.topic_arn, "SNS unsubscribe acknowledged (not re-confirmed)");
+            Ok((
+                StatusCode::OK,
+                Json(json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "unsubscribed"})),
+            )
+                .into_response())
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! Amazon SNS HTTP(S) delivery: envelope parsing, the canonical string each message type signs,
+//! SigningCertURL / SubscribeURL validation (before any fetch), RSA signature verification
+//! (SignatureVersion 1 = SHA1withRSA, 2 = SHA256withRSA) and the certificate cache (SPEC §3).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
+use rsa::RsaPublicKey;
+use serde_json::{Map, Value};
+
+/// The three message types SNS posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnsType {
+    Notification,
+    SubscriptionConfirmation,
+    UnsubscribeConfirmation,
+}
+
+impl SnsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnsType::Notification => "Notification",
+            SnsType::SubscriptionConfirmation => "SubscriptionConfirmation",
+            SnsType::UnsubscribeConfirmation => "UnsubscribeConfirmation",
+        }
+    }
+}
+
+/// A parsed SNS envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnsMessage {
+    pub kind: SnsType,
+    pub message_id: String,
+    pub topic_arn: String,
+    pub subject: Option<String>,
+    pub message: String,
+    pub timestamp: String,
+    pub signature_version: String,
+    pub signature: String,
+    pub signing_cert_url: String,
+    pub subscribe_url: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Why an SNS message was refused. `Invalid` answers 400, the others 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnsError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    UntrustedUrl(String),
+    #[error("{0}")]
+    BadSignature(String),
+    /// The certificate could not be fetched: the sender should retry (503).
+    #[error("{0}")]
+    CertUnavailable(String),
+}
+
+/// Whether a body looks like an SNS envelope (as opposed to a bare alarm or raw delivery).
+pub fn is_envelope(root: &Map<String, Value>) -> bool {
+    root.contains_key("Type")
+        && (root.contains_key("Signature") || root.contains_key("SigningCertURL"))
+}
+
+fn field(root: &Map<String, Value>, names: &[&str]) -> Result<Option<String>, SnsError> {
+    for n in names {
+        match root.get(*n) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => return Ok(Some(s.clone())),
+            Some(_) => return Err(SnsError::Invalid(format!("SNS field {n} must be a string"))),
+        }
+    }
+    Ok(None)
+}
+
+fn required(root: &Map<String, Value>, names: &[&str]) -> Result<String, SnsError> {
+    field(root, names)?
+        .ok_or_else(|| SnsError::Invalid(format!("the SNS message has no {}", names[0])))
+}
+
+/// Parses an envelope, requiring every field its type signs. Lambda-style `SigningCertUrl` and
+/// `SubscribeUrl` spellings are accepted too (the sample forwarder may pass them on).
+pub fn parse(root: &Map<String, Value>) -> Result<SnsMessage, SnsError> {
+    let kind = match required(root, &["Type"])?.as_str() {
+        "Notification" => SnsType::Notification,
+        "SubscriptionConfirmation" => SnsType::SubscriptionConfirmation,
+        "UnsubscribeConfirmation" => SnsType::UnsubscribeConfirmation,
+        other => {
+            return Err(SnsError::Invalid(format!(
+                "unknown SNS message Type {other:?}"
+            )))
+        }
+    };
+    let confirmation = kind != SnsType::Notification;
+    let msg = SnsMessage {
+        kind,
+        message_id: required(root, &["MessageId"])?,
+        topic_arn: required(root, &["TopicArn"])?,
+        subject: if confirmation {
+            None
+        } else {
+            field(root, &["Subject"])?
+        },
+        message: required(root, &["Message"])?,
+        timestamp: required(root, &["Timestamp"])?,
+        signature_version: required(root, &["SignatureVersion"])?,
+        signature: required(root, &["Signature"])?,
+        signing_cert_url: required(root, &["SigningCertURL", "SigningCertUrl"])?,
+        subscribe_url: if confirmation {
+            Some(required(root, &["SubscribeURL", "SubscribeUrl"])?)
+        } else {
+            None
+        },
+        token: if confirmation {
+            Some(required(root, &["Token"])?)
+        } else {
+            None
+        },
+    };
+    if !matches!(msg.signature_version.as_str(), "1" | "2") {
+        return Err(SnsError::Invalid(format!(
+            "SignatureVersion {:?} is not supported (1 or 2)",
+            msg.signature_version
+        )));
+    }
+    Ok(msg)
+}
+
+/// The string SNS signs for this message: `Key\nValue\n` for each signed key, in order.
+pub fn string_to_sign(m: &SnsMessage) -> String {
+    let mut out = String::new();
+    let mut add = |k: &str, v: &str| {
+        out.push_str(k);
+        out.push('\n');
+        out.push_str(v);
+        out.push('\n');
+    };
+    add("Message", &m.message);
+    add("MessageId", &m.message_id);
+    match m.kind {
+        SnsType::Notification => {
+            if let Some(s) = &m.subject {
+                add("Subject", s);
+            }
+        }
+        _ => add(
+            "SubscribeURL",
+            m.subscribe_url.as_deref().unwrap_or_default(),
+        ),
+    }
+    add("Timestamp", &m.timestamp);
+    if m.kind != SnsType::Notification {
+        add("Token", m.token.as_deref().unwrap_or_default());
+    }
+    add("TopicArn", &m.topic_arn);
+    add("Type", m.kind.as_str());
+    out
+}
+
+/// `sns.<region>.amazonaws.com` or `.amazonaws.com.cn`, exactly.
+pub fn is_sns_host(host: &str) -> bool {
+    let rest = match host.strip_prefix("sns.") {
+        Some(r) => r,
+        None => return false,
+    };
+    let region = rest
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"));
+    match region {
+        Some(r) => {
+            !r.is_empty()
+                && r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        }
+        None => false,
+    }
+}
+
+fn check_sns_url(url: &str, what: &str) -> Result<reqwest::Url, SnsError> {
+    let untrusted =
+        |why: &str| SnsError::UntrustedUrl(format!("{what} {url:?} is not trusted: {why}"));
+    let u = reqwest::Url::parse(url).map_err(|_| untrusted("not a URL"))?;
+    if u.scheme() != "https" {
+        return Err(untrusted("it must be https"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(untrusted("it carries credentials"));
+    }
+    if u.port().is_some_and(|p| p != 443) {
+        return Err(untrusted("it names a port"));
+    }
+    match u.host_str() {
+        // An IP address never matches: only the anchored SNS host names do.
+        Some(h) if is_sns_host(h) => Ok(u),
+        _ => Err(untrusted("its host is not sns.<region>.amazonaws.com")),
+    }
+}
+
+/// Validates SigningCertURL: https, an SNS host, a path ending `.pem`.
+pub fn check_cert_url(url: &str) -> Result<reqwest::Url, SnsError> {
+    let u = check_sns_url(url, "SigningCertURL")?;
+    if !u.path().ends_with(".pem") || u.query().is_some() {
+        return Err(SnsError::UntrustedUrl(format!(
+            "SigningCertURL {url:?} is not trusted: its path must end in .pem"
+        )));
+    }
+    Ok(u)
+}
+
+/// Validates SubscribeURL: https on an SNS host, the ConfirmSubscription action.
+pub fn check_subscribe_url(url: &str) -> Result<reqwest::Url, SnsError> {
+    let u = check_sns_url(url, "SubscribeURL")?;
+    let action = u
+        .query_pairs()
+        .find(|(k, _)| k == "Action")
+        .map(|(_, v)| v.into_owned());
+    if action.as_deref() != Some("ConfirmSubscription") {
+        return Err(SnsError::UntrustedUrl(format!(
+            "SubscribeURL {url:?} is not trusted: it is not a ConfirmSubscription link"
+        )));
+    }
+    Ok(u)
+}
+
+/// The region of `arn:aws:sns:<region>:<account>:<topic>`.
+pub fn topic_region(topic_arn: &str) -> Option<&str> {
+    let mut parts = topic_arn.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("arn"), Some(_), Some("sns"), Some(region)) if !region.is_empty() => Some(region),
+        _ => None,
+    }
+}
+
+/// Fetches a document over HTTPS. Implemented with reqwest in production; tests inject fakes.
+#[async_trait]
+pub trait HttpsGet: Send + Sync {
+    async fn get(&self, url: &reqwest::Url) -> Result<String, String>;
+}
+
+/// HTTPS GET with no redirects, a short timeout and a size cap.
+pub struct ReqwestGet {
+    client: reqwest::Client,
+}
+
+impl ReqwestGet {
+    pub fn new() -> Result<Self, String> {
+        Ok(ReqwestGet {
+            client: reqwest::Client::builder()
+                .https_only(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+#[async_trait]
+impl HttpsGet for ReqwestGet {
+    async fn get(&self, url: &reqwest::Url) -> Result<String, String> {
+        let resp = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("{url} answered {}", resp.status()));
+        }
+        if resp.content_length().is_some_and(|n| n > 64 * 1024) {
+            return Err(format!("{url} is too large"));
+        }
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if body.len() > 64 * 1024 {
+            return Err(format!("{url} is too large"));
+        }
+        String::from_utf8(body.to_vec()).map_err(|_| format!("{url} is not text"))
+    }
+}
+
+/// Signing certificates by URL: pre-seeded from disk, else fetched once (after validation) and
+/// kept in memory.
+pub struct CertCache {
+    fetcher: Arc<dyn HttpsGet>,
+    keys: RwLock<HashMap<String, RsaPublicKey>>,
+}
+
+/// The RSA public key of a PEM certificate.
+pub fn public_key_of(pem: &str) -> Result<RsaPublicKey, String> {
+    use x509_cert::der::{DecodePem, Encode};
+    let cert = x509_cert::Certificate::from_pem(pem.trim().as_bytes())
+        .map_err(|e| format!("certificate: {e}"))?;
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| format!("certificate key: {e}"))?;
+    RsaPublicKey::from_public_key_der(&spki).map_err(|e| format!("certificate key is not RSA: {e}"))
+}
+
+/// The cache key of a certificate URL: `host/path`.
+fn cache_key(url: &reqwest::Url) -> String {
+    format!("{}{}", url.host_str().unwrap_or_default(), url.path())
+}
+
+impl CertCache {
+    pub fn new(fetcher: Arc<dyn HttpsGet>) -> Self {
+        CertCache {
+            fetcher,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Adds a certificate for `url` (validated like a SigningCertURL).
+    pub fn seed(&self, url: &str, pem: &str) -> Result<(), String> {
+        let u = check_cert_url(url).map_err(|e| e.to_string())?;
+        let key = public_key_of(pem)?;
+        self.keys
+            .write()
+            .expect("cert cache")
+            .insert(cache_key(&u), key);
+        Ok(())
+    }
+
+    /// Pre-seeds from `path`: a directory laid out as `<host>/<path>.pem` (a mirror of the
+    /// SigningCertURLs), or a JSON file `{"<SigningCertURL>": "<PEM>"}`. Returns how many.
+    pub fn seed_from(&self, path: &Path) -> Result<usize, String> {
+        let mut n = 0;
+        if path.is_dir() {
+            let mut stack = vec![path.to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                for entry in
+                    std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?
+                {
+                    let p = entry.map_err(|e| e.to_string())?.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|e| e == "pem") {
+                        let rel = p.strip_prefix(path).map_err(|e| e.to_string())?;
+                        let url = format!("https://{}", rel.to_string_lossy().replace('\\', "/"));
+                        let pem = std::fs::read_to_string(&p)
+                            .map_err(|e| format!("{}: {e}", p.display()))?;
+                        self.seed(&url, &pem)
+                            .map_err(|e| format!("{}: {e}", p.display()))?;
+                        n += 1;
+                    }
+                }
+            }
+        } else {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let map: HashMap<String, String> =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            for (url, pem) in map {
+                self.seed(&url, &pem)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The key for a SigningCertURL, validating the URL before anything is fetched.
+    pub async fn key(&self, url: &str) -> Result<RsaPublicKey, SnsError> {
+        let u = check_cert_url(url)?;
+        let k = cache_key(&u);
+        if let Some(key) = self.keys.read().expect("cert cache").get(&k) {
+            return Ok(key.clone());
+        }
+        let pem = self.fetcher.get(&u).await.map_err(|e| {
+            SnsError::CertUnavailable(format!("fetching the SNS signing certificate failed: {e}"))
+        })?;
+        let key = public_key_of(&pem).map_err(SnsError::BadSignature)?;
+        self.keys
+            .write()
+            .expect("cert cache")
+            .insert(k, key.clone());
+        Ok(key)
+    }
+
+    /// Verifies `m`'s signature.
+    pub async fn verify(&self, m: &SnsMessage) -> Result<(), SnsError> {
+        let key = self.key(&m.signing_cert_url).await?;
+        verify_with(&key, m)
+    }
+}
+
+/// Verifies `m`'s signature with `key`.
+pub fn verify_with(key: &RsaPublicKey, m: &SnsMessage) -> Result<(), SnsError> {
+    let bad = || SnsError::BadSignature("the SNS message signature does not verify".into());
+    let sig = STANDARD.decode(m.signature.trim()).map_err(|_| bad())?;
+    let sig = Signature::try_from(sig.as_slice()).map_err(|_| bad())?;
+    let text = string_to_sign(m);
+    let ok = match m.signature_version.as_str() {
+        "1" => VerifyingKey::<sha1::Sha1>::new(key.clone())
+            .verify(text.as_bytes(), &sig)
+            .is_ok(),
+        "2" => VerifyingKey::<sha2::Sha256>::new(key.clone())
+            .verify(text.as_bytes(), &sig)
+            .is_ok(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_urls() {
+        assert!(check_cert_url(
+            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"
+        )
+        .is_ok());
+        assert!(check_cert_url("https://sns.cn-north-1.amazonaws.com.cn/x.pem").is_ok());
+        for bad in [
+            "http://sns.eu-west-1.amazonaws.com/x.pem",
+            "https://sns.eu-west-1.amazonaws.com.evil.com/x.pem",
+            "https://evil.com/sns.eu-west-1.amazonaws.com/x.pem",
+            "https://sns.eu-west-1.amazonaws.com/x.pem?x=1",
+            "https://sns.eu-west-1.amazonaws.com/x.txt",
+            "https://sns.eu-west-1.amazonaws.com:8443/x.pem",
+            "https://user:pw@sns.eu-west-1.amazonaws.com/x.pem",
+            "https://sqs.eu-west-1.amazonaws.com/x.pem",
+            "https://sns..amazonaws.com/x.pem",
+            "https://SNS.EU-WEST-1.amazonaws.com.attacker.io/x.pem",
+            "not a url",
+        ] {
+            assert!(check_cert_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topic_regions() {
+        assert_eq!(
+            topic_region("arn:aws:sns:eu-west-1:123456789012:alarms"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            topic_region("arn:aws-cn:sns:cn-north-1:1:t"),
+            Some("cn-north-1")
+        );
+        assert_eq!(topic_region("arn:aws:sqs:eu-west-1:1:q"), None);
+    }
+}
+
+/// Confirms a subscription by an HTTPS GET of its (already validated) SubscribeURL, as
+/// `causeflow serve` does; SNS answers with a `ConfirmSubscriptionResponse` naming the
+/// subscription.
+pub struct SubscribeUrlConfirmer {
+    get: Arc<dyn HttpsGet>,
+}
+
+impl SubscribeUrlConfirmer {
+    pub fn new(get: Arc<dyn HttpsGet>) -> Self {
+        SubscribeUrlConfirmer { get }
+    }
+}
+
+#[async_trait]
+impl crate::ports::SubscriptionConfirmer for SubscribeUrlConfirmer {
+    async fn confirm(
+        &self,
+        _topic_arn: &str,
+        _token: &str,
+        subscribe_url: &reqwest::Url,
+    ) -> Result<Option<String>, String> {
+        let body = self.get.get(subscribe_url).await?;
+        Ok(body
+            .split_once("<SubscriptionArn>")
+            .and_then(|(_, rest)| rest.split_once("</SubscriptionArn>"))
+            .map(|(arn, _)| arn.trim().to_owned()))
+    }
+}
