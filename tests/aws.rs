@@ -24,6 +24,8 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+mod common;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The emulator must be there: the suite fails, never skips, without it.
@@ -145,6 +147,7 @@ impl Stack {
             dedup_table: env["DEDUP_TABLE"].clone(),
             incidents_table: env["INCIDENTS_TABLE"].clone(),
             alert_queue_url: env["ALERT_QUEUE_URL"].clone(),
+            subscriptions_table: env["SUBSCRIPTIONS_TABLE"].clone(),
             rate_limit_per_sec: 0.0,
             dedup: DedupConfig::default(),
         }
@@ -863,4 +866,91 @@ async fn poison_records_fail_alone_redelivery_dispatches_nothing_twice_and_dead_
     assert_eq!(receives, 5);
     let dlq = stack.drain(&stack.refs["AlertDeadLetterQueue"]).await;
     assert_eq!(dlq, ["{\"not\":\"a queued alert\"}"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_subscription_is_confirmed_with_the_api_in_the_topics_region() {
+    use causeflow_shared::ports::{SubscriptionState, Subscriptions};
+    use common::sns_signing::{confirmation, notification, FakeHttps, SnsSigner, CERT_URL};
+    let stack = Stack::create().await;
+    let config = stack.ingest_config();
+    let dir = causeflow_shared::aws::DynamoDirectory::new(
+        stack.ddb.clone(),
+        &config.keys_table,
+        &config.tenants_table,
+    );
+    dir.store_key("demo", "development", &dev_key())
+        .await
+        .unwrap();
+    // The customer's topic, in the emulator.
+    let topic = stack
+        .sns
+        .create_topic()
+        .name(format!("alarms-{}", uuid_suffix()))
+        .send()
+        .await
+        .unwrap()
+        .topic_arn
+        .unwrap();
+    dir.allow_topic("demo", &topic, true).await.unwrap();
+    let signer = SnsSigner::new();
+    let https = FakeHttps::new(&signer.cert_pem);
+    let app = router(causeflow_shared::aws::ingest_state_with(
+        &stack.sdk,
+        &config,
+        https.clone(),
+    ));
+    let post = |env: serde_json::Map<String, Value>| {
+        let app = app.clone();
+        async move {
+            let req = http::Request::builder()
+                .method("POST")
+                .uri("/v1/webhooks/demo/cloudwatch")
+                .header("content-type", "text/plain; charset=UTF-8")
+                .header("x-amz-sns-message-type", env["Type"].as_str().unwrap())
+                .body(lambda_http::Body::from(Value::Object(env).to_string()))
+                .unwrap();
+            call(&app, req).await
+        }
+    };
+
+    let mut env = confirmation("SubscriptionConfirmation", &topic, "moto-token-1");
+    signer.sign(&mut env, "2");
+    let (status, body) = post(env).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["subscription"], "confirmed");
+    // Confirmed through the API: the SubscribeURL itself was never fetched.
+    assert_eq!(https.calls(), [CERT_URL]);
+    let subs = causeflow_shared::aws::DynamoSubscriptions::new(
+        stack.ddb.clone(),
+        &config.subscriptions_table,
+    )
+    .list("demo")
+    .await
+    .unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(
+        (subs[0].topic_arn.as_str(), subs[0].state),
+        (topic.as_str(), SubscriptionState::Confirmed)
+    );
+
+    // Alarms from the topic then flow into the queue.
+    let mut env = notification(&topic, "ALARM", Some("ALARM: api-5xx-rate"));
+    signer.sign(&mut env, "1");
+    let (status, body) = post(env).await;
+    assert_eq!(status, 202, "{body}");
+
+    // Unsubscribe: acknowledged, recorded, never confirmed.
+    let mut env = confirmation("UnsubscribeConfirmation", &topic, "moto-token-2");
+    signer.sign(&mut env, "2");
+    let (status, _) = post(env).await;
+    assert_eq!(status, 200);
+    let subs = causeflow_shared::aws::DynamoSubscriptions::new(
+        stack.ddb.clone(),
+        &config.subscriptions_table,
+    )
+    .list("demo")
+    .await
+    .unwrap();
+    assert_eq!(subs[0].state, SubscriptionState::Unsubscribed);
 }

@@ -112,9 +112,14 @@ pub(super) async fn handle(
             }
         }
     }
-    app.limiter
-        .check(tenant)
-        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    // SNS counts any 4xx as delivered, so a 429 would drop the alarm: over-rate SNS deliveries
+    // get a 503, the one answer SNS retries.
+    app.limiter.check(tenant).map_err(|retry_after| {
+        ApiError::Unavailable(format!(
+            "This tenant is over its request rate; SNS will retry (after about {} s).",
+            retry_after.as_secs().max(1)
+        ))
+    })?;
     support.certs.verify(&msg).await.map_err(sns_error)?;
 
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
