@@ -224,6 +224,12 @@ enum SubscriptionsCmd {
         json: bool,
         #[command(flatten)]
         db: DbArg,
+        /// Read a deployed stack's SubscriptionsTable instead of the SQLite file.
+        #[arg(long)]
+        aws: bool,
+        /// The stack's SubscriptionsTable (its output `SubscriptionsTableName`).
+        #[arg(long, env = "SUBSCRIPTIONS_TABLE", requires = "aws")]
+        subscriptions_table: Option<String>,
     },
 }
 
@@ -380,6 +386,25 @@ fn aws_sdk_dynamodb_client(
     causeflow_shared::aws::DynamoClient::new(sdk)
 }
 
+#[cfg(feature = "aws")]
+async fn aws_subscriptions(
+    table: Option<&str>,
+) -> Result<Box<dyn causeflow_shared::ports::Subscriptions>> {
+    let table = table.context("--aws needs --subscriptions-table (or SUBSCRIPTIONS_TABLE)")?;
+    let sdk = causeflow_shared::aws::sdk_config().await;
+    Ok(Box::new(causeflow_shared::aws::DynamoSubscriptions::new(
+        aws_sdk_dynamodb_client(&sdk),
+        table,
+    )))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_subscriptions(
+    _: Option<&str>,
+) -> Result<Box<dyn causeflow_shared::ports::Subscriptions>> {
+    bail!("this causeflow was built without AWS support: build it with `cargo build --release --features aws`")
+}
+
 #[cfg(not(feature = "aws"))]
 async fn aws_directory(_: &StoreArgs) -> Result<Box<dyn KeyAdmin>> {
     bail!("this causeflow was built without AWS support: build it with `cargo build --release --features aws`")
@@ -512,9 +537,22 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
 
 async fn subscriptions(cmd: SubscriptionsCmd) -> Result<()> {
     use causeflow_shared::ports::Subscriptions;
-    let SubscriptionsCmd::List { tenant, json, db } = cmd;
-    let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
-    let subs = SqliteDirectory::new(db).list(&tenant).await?;
+    let SubscriptionsCmd::List {
+        tenant,
+        json,
+        db,
+        aws,
+        subscriptions_table,
+    } = cmd;
+    let subs = if aws {
+        aws_subscriptions(subscriptions_table.as_deref())
+            .await?
+            .list(&tenant)
+            .await?
+    } else {
+        let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
+        SqliteDirectory::new(db).list(&tenant).await?
+    };
     if json {
         println!("{}", serde_json::to_string(&subs)?);
     } else if subs.is_empty() {

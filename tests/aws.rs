@@ -954,3 +954,87 @@ async fn sns_subscription_is_confirmed_with_the_api_in_the_topics_region() {
     .unwrap();
     assert_eq!(subs[0].state, SubscriptionState::Unsubscribed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_manages_keys_and_topics_in_the_stack_tables() {
+    let stack = Stack::create().await;
+    let config = stack.ingest_config();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_causeflow"))
+            .args(args)
+            .args([
+                "--aws",
+                "--keys-table",
+                &config.keys_table,
+                "--tenants-table",
+                &config.tenants_table,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let key: Value = serde_json::from_str(&cli(&[
+        "keys", "create", "--tenant", "acme", "--name", "grafana", "--json",
+    ]))
+    .unwrap();
+    let app = router(ingest_state(&stack.sdk, &config));
+    let body = json!({"sourceAlertId": "cli-1", "title": "from a CLI-made key"}).to_string();
+    let send = |key: &Value| {
+        let body = body.clone();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/v1/webhooks/acme/generic")
+            .header("content-type", "application/json")
+            .header("x-api-key", key["apiKey"].as_str().unwrap())
+            .header(
+                "x-webhook-signature",
+                sign(key["webhookSecret"].as_str().unwrap(), &[body.as_bytes()]),
+            )
+            .body(lambda_http::Body::from(body))
+            .unwrap();
+        let app = app.clone();
+        async move { call(&app, req).await.0 }
+    };
+    assert_eq!(send(&key).await, 202);
+    let listed = cli(&["keys", "list", "--tenant", "acme", "--json"]);
+    assert!(
+        listed.contains(key["keyId"].as_str().unwrap())
+            && !listed.contains(key["apiKey"].as_str().unwrap())
+    );
+    cli(&[
+        "keys",
+        "revoke",
+        "--tenant",
+        "acme",
+        "--key",
+        key["keyId"].as_str().unwrap(),
+    ]);
+    assert_eq!(send(&key).await, 401);
+    cli(&[
+        "tenants",
+        "allow-topic",
+        "--tenant",
+        "acme",
+        "--topic",
+        "arn:aws:sns:eu-west-1:123456789012:alarms",
+    ]);
+    let dir = causeflow_shared::aws::DynamoDirectory::new(
+        stack.ddb.clone(),
+        &config.keys_table,
+        &config.tenants_table,
+    );
+    use causeflow_shared::ports::Directory;
+    assert!(dir
+        .topic_allowed("acme", "arn:aws:sns:eu-west-1:123456789012:alarms")
+        .await
+        .unwrap());
+    assert!(!dir
+        .topic_allowed("acme", "arn:aws:sns:eu-west-1:123456789012:other")
+        .await
+        .unwrap());
+}
