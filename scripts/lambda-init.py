@@ -66,6 +66,7 @@ def main():
         "AWS_EC2_METADATA_DISABLED": "true",
         # What template.yaml gives the functions.
         "KEYS_TABLE": "keys", "TENANTS_TABLE": "tenants", "DEDUP_TABLE": "dedup",
+        "SUBSCRIPTIONS_TABLE": "subscriptions",
         "INCIDENTS_TABLE": "incidents", "DISPATCH_TABLE": "dispatch",
         "ALERT_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/alerts",
         "AGENT_TOPIC_ARN": "arn:aws:sns:eu-west-1:123456789012:agents",

@@ -502,6 +502,9 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
             println!("Only the current webhook secret of {key} verifies now.");
         }
         KeysCmd::CreateDev { store } => {
+            if store.aws {
+                bail!("the development key is public: it is for the local database only, never a deployed stack");
+            }
             let k = causeflow_shared::auth::dev_key();
             open_directory(&store)
                 .await?

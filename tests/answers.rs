@@ -364,3 +364,47 @@ async fn incidents_api_pages_filters_and_validates() {
     nokey.expect(401);
     assert_eq!(nokey.code(), "missing_api_key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_ids_are_refused_and_oversized_names_cut() {
+    let s = Server::start().await;
+    let long_id = "x".repeat(2_000);
+    let r = send(
+        &s,
+        "generic",
+        Some("application/json"),
+        json!({"sourceAlertId": long_id, "title": "t"})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    r.expect(400);
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("sourceAlertId"),
+        "{}",
+        r.text
+    );
+    // Just under the body limit, as Datadog's id: refused, and the server keeps serving.
+    let huge = "y".repeat(262_000);
+    let r = send(
+        &s,
+        "datadog",
+        Some("application/json"),
+        json!({ "id": huge }).to_string().into_bytes(),
+    )
+    .await;
+    r.expect(400);
+    let r = send(
+        &s,
+        "generic",
+        Some("application/json"),
+        json!({"sourceAlertId": "svc", "title": "t", "service": "s".repeat(262_000)})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    r.expect(202);
+    let inc = s.wait_incident(&r.incident_id(), |_| true).await;
+    assert_eq!(inc.service.unwrap().len(), 256);
+    s.generic("after", "firing").await.expect(202);
+}

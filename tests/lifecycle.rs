@@ -266,7 +266,7 @@ async fn a_failing_queue_rolls_back_the_dedup_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_fail_alone_and_dead_letter_after_five_receives() {
     use causeflow_shared::triage::QueueRecord;
-    let s = Server::start().await;
+    let s = Server::start_with(|c| c.retry_base = Duration::from_millis(20)).await;
     let good = serde_json::json!({"tenantId":"acme","provider":"generic","incidentId":"inc_x","receivedAt":"2026-11-28T00:00:00Z",
         "alert":{"sourceAlertId":"x","status":"firing","title":"t","severity":"low","tags":{},"links":[]}});
     let failed = s

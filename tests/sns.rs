@@ -176,6 +176,12 @@ async fn bad_envelopes_are_refused_without_any_outbound_request() {
         "http://sns.eu-west-1.amazonaws.com/cert.pem",
         "https://sns.eu-west-1.amazonaws.com/cert.txt",
         "https://127.0.0.1/cert.pem",
+        // An S3 bucket named `sns` answers at these names with a valid certificate.
+        "https://sns.s3.amazonaws.com/SimpleNotificationService-0000test.pem",
+        "https://sns.s3-accelerate.amazonaws.com/SimpleNotificationService-0000test.pem",
+        // Another region than the topic's, and a .pem that is not a signing certificate.
+        "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000test.pem",
+        "https://sns.eu-west-1.amazonaws.com/other.pem",
     ] {
         let env = signed(&|e| {
             e.insert("SigningCertURL".into(), json!(url));
@@ -188,6 +194,17 @@ async fn bad_envelopes_are_refused_without_any_outbound_request() {
             r.text
         );
     }
+    // A validly signed but old message (a replay) is refused.
+    let old = signed(&|e| {
+        e.insert("Timestamp".into(), json!("2026-01-01T00:00:00.000Z"));
+    });
+    let r = deliver(&s, &old, &[]).await;
+    r.expect(401);
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("old"),
+        "{}",
+        r.text
+    );
     // SignatureVersion 3, a disagreeing header, missing fields: 400.
     let mut v3 = notification(TOPIC, "ALARM", None);
     signer().sign(&mut v3, "2");

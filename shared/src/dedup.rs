@@ -18,7 +18,8 @@ impl Default for DedupConfig {
     fn default() -> Self {
         DedupConfig {
             ttl: Duration::from_secs(7 * 24 * 3600),
-            lease: Duration::from_secs(30),
+            // Above an ingest invocation's 10 s timeout, below SNS's 20 s between retries.
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -80,6 +81,10 @@ pub fn decide(
     new_incident_id: impl FnOnce() -> String,
 ) -> Decision {
     let live = existing.filter(|r| r.is_live(now_ms));
+    // A resolve closes any unexpired record, even a pending one whose writer stopped before
+    // marking it queued: the firing may well have been queued, and triage absorbs a resolve of
+    // an incident it never opened.
+    let unexpired = existing.filter(|r| r.expires_at_ms > now_ms);
     match (status, live) {
         (AlertStatus::Acknowledged, _) => Decision::Acknowledge,
         (AlertStatus::Ignored, _) => Decision::Ignore,
@@ -94,10 +99,12 @@ pub fn decide(
                 _ => new_incident_id(),
             },
         },
-        (AlertStatus::Resolved, Some(r)) => Decision::Resolve {
-            incident_id: r.incident_id.clone(),
+        (AlertStatus::Resolved, _) => match unexpired {
+            Some(r) => Decision::Resolve {
+                incident_id: r.incident_id.clone(),
+            },
+            None => Decision::Ignore,
         },
-        (AlertStatus::Resolved, None) => Decision::Ignore,
     }
 }
 
@@ -169,6 +176,24 @@ mod tests {
             decide(Some(&open), Acknowledged, 5, new),
             Decision::Acknowledge
         );
+    }
+
+    #[test]
+    fn a_resolve_closes_even_a_stale_pending_record() {
+        let pending = rec(true, 10, 100);
+        let d = decide(Some(&pending), AlertStatus::Resolved, 50, || {
+            "inc_new".to_owned()
+        });
+        assert_eq!(
+            d,
+            Decision::Resolve {
+                incident_id: "inc_1".into()
+            }
+        );
+        let d = decide(Some(&pending), AlertStatus::Resolved, 100, || {
+            "inc_new".to_owned()
+        });
+        assert_eq!(d, Decision::Ignore, "expired");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct EmbeddedConfig {
     pub agent_webhook: Option<String>,
     /// How long a received queue message stays hidden before it is redelivered.
     pub visibility: Duration,
+    /// First retry delay of a message whose triage failed; doubles with each receive.
+    pub retry_base: Duration,
     /// SNS signing certificates to pre-seed (air-gapped installs): a directory mirroring the
     /// SigningCertURLs as `<host>/<path>.pem`, or a JSON file `{"<url>": "<PEM>"}`.
     pub sns_certs: Option<PathBuf>,
@@ -44,6 +46,7 @@ impl EmbeddedConfig {
             dedup: DedupConfig::default(),
             agent_webhook: None,
             visibility: Duration::from_secs(30),
+            retry_base: Duration::from_secs(5),
             sns_certs: None,
         }
     }
@@ -184,8 +187,9 @@ impl Embedded {
                     if let Err(e) = self.queue.ack(done).await {
                         warn!(error = %e, "acking triaged alerts failed; they will be redelivered");
                     }
-                    // Failed messages come back after a short backoff rather than the full timeout.
-                    if let Err(e) = self.queue.retry_later(failed, 1_000).await {
+                    // Failed messages come back with backoff rather than after the full timeout.
+                    let base = self.config.retry_base.as_millis() as i64;
+                    if let Err(e) = self.queue.retry_later(failed, base).await {
                         warn!(error = %e, "could not schedule the retry of failed alerts");
                     }
                     continue;

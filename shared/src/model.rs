@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// `service` and `environment` longer than this many characters are cut.
+pub const MAX_NAME_CHARS: usize = 256;
+
 /// Titles longer than this many characters are cut (SPEC §2).
 pub const MAX_TITLE_CHARS: usize = 1024;
 
@@ -165,6 +168,18 @@ impl Alert {
         }
     }
 
+    /// Cuts `service` and `environment` to [`MAX_NAME_CHARS`]: they are names, not text.
+    pub fn bound_fields(&mut self) {
+        for v in [&mut self.service, &mut self.environment]
+            .into_iter()
+            .flatten()
+        {
+            if let Some((cut, _)) = v.char_indices().nth(MAX_NAME_CHARS) {
+                v.truncate(cut);
+            }
+        }
+    }
+
     /// Fills `service` and `environment` from the tags where the payload did not name them.
     pub fn derive_service_environment(&mut self) {
         if self.service.is_none() {
@@ -229,7 +244,7 @@ pub const MAX_QUEUE_MESSAGE_BYTES: usize = 256 * 1024;
 impl QueuedAlert {
     /// The queue message body, within [`MAX_QUEUE_MESSAGE_BYTES`]. A 256 KiB request can carry
     /// an alert whose JSON is a little larger once wrapped, so the free text gives way first
-    /// (the message, then tags and links); ids, status and severity are never cut.
+    /// (the message, then tags and links, then the title); status and severity are never cut.
     pub fn to_queue_body(&self) -> String {
         let body = serde_json::to_string(self).expect("a queued alert serialises");
         if body.len() <= MAX_QUEUE_MESSAGE_BYTES {
@@ -241,24 +256,38 @@ impl QueuedAlert {
             if body.len() <= MAX_QUEUE_MESSAGE_BYTES {
                 return body;
             }
-            match cut.alert.message.as_mut() {
-                Some(m) if m.len() > 64 => {
-                    let keep = m.len() / 2;
+            let message_len = cut.alert.message.as_ref().map_or(0, String::len);
+            if message_len > 64 {
+                let m = cut.alert.message.as_mut().expect("checked above");
+                let keep = m.len() / 2;
+                let at = (0..=keep)
+                    .rev()
+                    .find(|i| m.is_char_boundary(*i))
+                    .unwrap_or(0);
+                m.truncate(at);
+                m.push_str(" [truncated]");
+            } else if !cut.alert.tags.is_empty() || !cut.alert.links.is_empty() {
+                cut.alert.tags.clear();
+                cut.alert.links.clear();
+            } else if cut.alert.message.is_some() || cut.alert.title.chars().count() > 256 {
+                cut.alert.message = None;
+                let title = cut.alert.title.chars().take(256).collect::<String>();
+                cut.alert.set_title(&title);
+            } else {
+                // Only ids and names are left: cut those too rather than loop forever.
+                let keep = MAX_QUEUE_MESSAGE_BYTES / 2;
+                if cut.alert.service.is_some() || cut.alert.environment.is_some() {
+                    cut.alert.service = None;
+                    cut.alert.environment = None;
+                } else if cut.alert.source_alert_id.len() > keep {
+                    let id = &mut cut.alert.source_alert_id;
                     let at = (0..=keep)
                         .rev()
-                        .find(|i| m.is_char_boundary(*i))
+                        .find(|i| id.is_char_boundary(*i))
                         .unwrap_or(0);
-                    m.truncate(at);
-                    m.push_str(" [truncated]");
-                }
-                _ if !cut.alert.tags.is_empty() || !cut.alert.links.is_empty() => {
-                    cut.alert.tags.clear();
-                    cut.alert.links.clear();
-                }
-                _ => {
-                    cut.alert.message = None;
-                    let title = cut.alert.title.chars().take(256).collect::<String>();
-                    cut.alert.set_title(&title);
+                    id.truncate(at);
+                } else {
+                    return body;
                 }
             }
         }

@@ -229,6 +229,56 @@ pub fn check_subscribe_url(url: &str) -> Result<reqwest::Url, SnsError> {
     Ok(u)
 }
 
+/// How old a message may be: SNS's retries of one message span at most an hour.
+pub const MAX_MESSAGE_AGE_SECS: i64 = 3600 + 300;
+
+/// Binds the message's URLs to its topic: the signing certificate and the SubscribeURL must be
+/// served by SNS in the topic's own region (this also rules out look-alike names such as S3
+/// bucket endpoints), the certificate must be an SNS signing certificate, and the message must
+/// be recent, so a captured message cannot be replayed for ever.
+pub fn check_origin(m: &SnsMessage, now: chrono::DateTime<chrono::Utc>) -> Result<(), SnsError> {
+    let region = topic_region(&m.topic_arn).ok_or_else(|| {
+        SnsError::Invalid(format!(
+            "TopicArn {:?} is not an SNS topic ARN",
+            m.topic_arn
+        ))
+    })?;
+    let hosts = [
+        format!("sns.{region}.amazonaws.com"),
+        format!("sns.{region}.amazonaws.com.cn"),
+    ];
+    let cert = check_cert_url(&m.signing_cert_url)?;
+    if !hosts.iter().any(|h| Some(h.as_str()) == cert.host_str())
+        || !cert.path().starts_with("/SimpleNotificationService-")
+    {
+        return Err(SnsError::UntrustedUrl(format!(
+            "SigningCertURL {:?} is not trusted: it must be an SNS signing certificate of the topic's region ({region})",
+            m.signing_cert_url
+        )));
+    }
+    if let Some(url) = &m.subscribe_url {
+        let u = check_subscribe_url(url)?;
+        if !hosts.iter().any(|h| Some(h.as_str()) == u.host_str()) {
+            return Err(SnsError::UntrustedUrl(format!(
+                "SubscribeURL {url:?} is not trusted: it must be SNS in the topic's region ({region})"
+            )));
+        }
+    }
+    let sent = chrono::DateTime::parse_from_rfc3339(&m.timestamp).map_err(|_| {
+        SnsError::Invalid(format!(
+            "Timestamp {:?} is not an RFC 3339 time",
+            m.timestamp
+        ))
+    })?;
+    let age = now.signed_duration_since(sent).num_seconds();
+    if !(-300..=MAX_MESSAGE_AGE_SECS).contains(&age) {
+        return Err(SnsError::BadSignature(format!(
+            "the SNS message is {age} s old; messages older than an hour (or from the future) are refused"
+        )));
+    }
+    Ok(())
+}
+
 /// The region of `arn:aws:sns:<region>:<account>:<topic>`.
 pub fn topic_region(topic_arn: &str) -> Option<&str> {
     let mut parts = topic_arn.split(':');

@@ -126,6 +126,20 @@ impl Triage {
             let task = task(&stored, agent, kind, &now);
             self.dispatcher.dispatch(&task).await?;
         }
+        if kind == TaskKind::Dispatch {
+            // A resolve triaged meanwhile may have sent its cancels before these dispatches:
+            // cancel again after them (cancel ids are stable, so this never doubles one).
+            let latest = self
+                .incidents
+                .get(&stored.tenant_id, &stored.incident_id)
+                .await?;
+            if let Some(resolved) = latest.filter(|i| i.status == IncidentStatus::Resolved) {
+                for agent in &resolved.agents {
+                    let task = task(&resolved, agent, TaskKind::Cancel, &now);
+                    self.dispatcher.dispatch(&task).await?;
+                }
+            }
+        }
         info!(severity = %stored.severity, agents = stored.agents.len(), ?kind, "triaged");
         Ok(())
     }

@@ -119,7 +119,7 @@ pub fn notification(topic: &str, alarm_state: &str, subject: Option<&str>) -> Ma
         env.insert("Subject".into(), json!(s));
     }
     env.insert("Message".into(), json!(alarm.to_string()));
-    env.insert("Timestamp".into(), json!("2026-11-28T09:41:01.123Z"));
+    env.insert("Timestamp".into(), json!(now()));
     env.insert("SigningCertURL".into(), json!(CERT_URL));
     env.insert(
         "UnsubscribeURL".into(),
@@ -142,9 +142,13 @@ pub fn confirmation(kind: &str, topic: &str, token: &str) -> Map<String, Value> 
     env.insert("TopicArn".into(), json!(topic));
     env.insert("Message".into(), json!(format!("You have chosen to subscribe to the topic {topic}.\nTo confirm the subscription, visit the SubscribeURL included in this message.")));
     env.insert("SubscribeURL".into(), json!(subscribe_url(topic, token)));
-    env.insert("Timestamp".into(), json!("2026-11-28T09:40:00.000Z"));
+    env.insert("Timestamp".into(), json!(now()));
     env.insert("SigningCertURL".into(), json!(CERT_URL));
     env
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn subscribe_url(topic: &str, token: &str) -> String {

@@ -4,7 +4,6 @@
 //! queued before its record is deleted, so a failure never loses it.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::ReturnValue;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure as OnFail;
 use aws_sdk_dynamodb::Client as Ddb;
 use aws_sdk_sqs::Client as Sqs;
@@ -15,6 +14,9 @@ use crate::dedup::{decide, new_incident_id, Decision, DedupConfig, DedupRecord};
 use crate::error::StoreError;
 use crate::model::{Alert, AlertResult, AlertStatus, Provider, QueuedAlert};
 use crate::ports::AlertLedger;
+
+/// How many alerts of one request are handled at once.
+const PARALLEL_ALERTS: usize = 16;
 
 /// [`AlertLedger`] on the dedup table and the alert queue.
 #[derive(Clone)]
@@ -84,13 +86,24 @@ impl DynamoLedger {
     ) -> Result<Decision, StoreError> {
         let ttl_ms = self.config.ttl.as_millis() as i64;
         let lease_ms = self.config.lease.as_millis() as i64;
+        // A stale pending record was never confirmed queued: the retry finishes its job under
+        // its incident id, which the sender may already have been told and triage recorded.
+        let existing = self.get(pk).await?.as_ref().and_then(record);
+        match decide(existing.as_ref(), AlertStatus::Firing, now, || {
+            msg.incident_id.clone()
+        }) {
+            Decision::Create { incident_id } => msg.incident_id = incident_id,
+            other => return Ok(other),
+        }
+        let yes = aws_sdk_dynamodb::types::AttributeValue::Bool(true);
+        // The one conditional put that decides who owns the key.
         let claimed = self
             .ddb
             .put_item()
             .table_name(&self.table)
             .item("pk", s(pk))
             .item("incidentId", s(&msg.incident_id))
-            .item("pending", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
+            .item("pending", yes.clone())
             .item("leaseUntil", n(now + lease_ms))
             .item("expiresAt", n(now + ttl_ms))
             // DynamoDB's TTL deletes expired records eventually; `expiresAt` decides at once.
@@ -99,81 +112,33 @@ impl DynamoLedger {
                 "attribute_not_exists(pk) OR expiresAt <= :now OR (pending = :yes AND leaseUntil <= :now)",
             )
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":yes", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
-            .return_values(ReturnValue::AllOld)
+            .expression_attribute_values(":yes", yes)
             .return_values_on_condition_check_failure(OnFail::AllOld)
             .send()
             .await;
-        let old = match claimed {
-            Ok(out) => out.attributes,
-            Err(e) => {
-                let ccf = e
-                    .as_service_error()
-                    .filter(|se| se.is_conditional_check_failed_exception());
-                let Some(se) = ccf else {
-                    return Err(unavailable("claim dedup record", e));
-                };
-                let item = match se {
-                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
-                        c.item.clone()
-                    }
-                    _ => None,
-                };
-                let item = match item {
-                    Some(i) => Some(i),
-                    None => self.get(pk).await?,
-                };
-                let existing = item.as_ref().and_then(record);
-                return Ok(
-                    match decide(existing.as_ref(), AlertStatus::Firing, now, new_incident_id) {
-                        // Changed between the put and the read: let the sender retry.
-                        Decision::Create { .. } => {
-                            return Err(StoreError::Unavailable(
-                                "dedup record changed concurrently".into(),
-                            ))
-                        }
-                        d => d,
-                    },
-                );
-            }
-        };
-        // Taking over a stale pending record: finish its job under its incident id, which the
-        // sender may already have been told and triage may already have recorded.
-        if let Some(prev) = old.as_ref().and_then(record) {
-            if prev.pending && prev.expires_at_ms > now && prev.incident_id != msg.incident_id {
-                self.ddb
-                    .update_item()
-                    .table_name(&self.table)
-                    .key("pk", s(pk))
-                    .update_expression("SET incidentId = :old")
-                    .condition_expression("incidentId = :new")
-                    .expression_attribute_values(":old", s(&prev.incident_id))
-                    .expression_attribute_values(":new", s(&msg.incident_id))
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("take over dedup record", e))?;
-                msg.incident_id = prev.incident_id;
-            }
+        if let Err(e) = claimed {
+            let old = match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                    c.item.clone()
+                }
+                _ => return Err(unavailable("claim dedup record", e)),
+            };
+            let old = match old {
+                Some(i) => Some(i),
+                None => self.get(pk).await?,
+            };
+            let current = old.as_ref().and_then(record);
+            return match decide(current.as_ref(), AlertStatus::Firing, now, new_incident_id) {
+                // Changed between the read and the put: let the sender retry.
+                Decision::Create { .. } => Err(StoreError::Unavailable(
+                    "dedup record changed concurrently".into(),
+                )),
+                d => Ok(d),
+            };
         }
+        // The key is ours: from here on, any failure releases it before answering 503.
         if let Err(e) = self.send(msg).await {
-            // Leave nothing behind, so the sender's retry succeeds.
-            let cleanup = self
-                .ddb
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", s(pk))
-                .condition_expression("incidentId = :id AND pending = :yes")
-                .expression_attribute_values(":id", s(&msg.incident_id))
-                .expression_attribute_values(
-                    ":yes",
-                    aws_sdk_dynamodb::types::AttributeValue::Bool(true),
-                )
-                .send()
-                .await;
-            if let Err(ce) = cleanup {
-                warn!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(ce),
-                      "removing the pending record failed; its lease expires on its own");
-            }
+            self.release(pk, &msg.incident_id).await;
             return Err(e);
         }
         let marked = self
@@ -191,13 +156,32 @@ impl DynamoLedger {
             .send()
             .await;
         if let Err(e) = marked {
-            // The alert is queued, so it is acknowledged. If the record stays pending, a retry
-            // after the lease re-queues it under the same incident id, which triage absorbs.
+            // The alert is queued, so it is acknowledged. A record left pending is taken over
+            // after its lease under the same incident id, and a resolve still resolves it.
             warn!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "marking the dedup record queued failed");
         }
         Ok(Decision::Create {
             incident_id: msg.incident_id.clone(),
         })
+    }
+
+    /// Gives up a claim that could not be queued, so the sender's retry is not a duplicate.
+    async fn release(&self, pk: &str, incident_id: &str) {
+        let yes = aws_sdk_dynamodb::types::AttributeValue::Bool(true);
+        let deleted = self
+            .ddb
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .condition_expression("incidentId = :id AND pending = :yes")
+            .expression_attribute_values(":id", s(incident_id))
+            .expression_attribute_values(":yes", yes)
+            .send()
+            .await;
+        if let Err(e) = deleted {
+            warn!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                  "releasing the pending record failed; a retry takes it over when its lease ends");
+        }
     }
 
     /// Resolves the open incident of a resolved alert, if any.
@@ -251,29 +235,56 @@ impl AlertLedger for DynamoLedger {
     ) -> Result<Vec<AlertResult>, StoreError> {
         let now = received_at.timestamp_millis();
         let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut results = Vec::with_capacity(alerts.len());
-        for alert in alerts {
-            let pk = dedup_pk(tenant_id, provider, &alert.source_alert_id);
-            let mut msg = QueuedAlert {
-                tenant_id: tenant_id.to_owned(),
-                provider,
-                incident_id: new_incident_id(),
-                alert: alert.clone(),
-                received_at: received.clone(),
-            };
-            let decision = match alert.status {
-                AlertStatus::Firing => self.fire(&pk, &mut msg, now).await?,
-                AlertStatus::Resolved => self.resolve(&pk, &mut msg, now).await?,
-                AlertStatus::Acknowledged => Decision::Acknowledge,
-                AlertStatus::Ignored => Decision::Ignore,
-            };
-            let (outcome, incident_id) = decision.outcome();
-            results.push(AlertResult {
-                source_alert_id: alert.source_alert_id.clone(),
-                incident_id: incident_id.map(str::to_owned),
-                outcome,
+        // A notification may carry hundreds of alerts: handle them side by side, not one
+        // round-trip chain after another, and answer in the order they came.
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_ALERTS));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, alert) in alerts.iter().cloned().enumerate() {
+            let (this, limit) = (self.clone(), limit.clone());
+            let (tenant, received) = (tenant_id.to_owned(), received.clone());
+            set.spawn(async move {
+                let _permit = limit
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                let pk = dedup_pk(&tenant, provider, &alert.source_alert_id);
+                let mut msg = QueuedAlert {
+                    tenant_id: tenant,
+                    provider,
+                    incident_id: new_incident_id(),
+                    alert: alert.clone(),
+                    received_at: received,
+                };
+                let decision = match alert.status {
+                    AlertStatus::Firing => this.fire(&pk, &mut msg, now).await,
+                    AlertStatus::Resolved => this.resolve(&pk, &mut msg, now).await,
+                    AlertStatus::Acknowledged => Ok(Decision::Acknowledge),
+                    AlertStatus::Ignored => Ok(Decision::Ignore),
+                };
+                (i, alert.source_alert_id, decision)
             });
         }
+        let mut slots: Vec<Option<AlertResult>> = vec![None; alerts.len()];
+        let mut first_error = None;
+        while let Some(joined) = set.join_next().await {
+            let (i, source_alert_id, decision) =
+                joined.map_err(|e| StoreError::Unavailable(format!("admit task: {e}")))?;
+            match decision {
+                Ok(d) => {
+                    let (outcome, incident_id) = d.outcome();
+                    slots[i] = Some(AlertResult {
+                        source_alert_id,
+                        incident_id: incident_id.map(str::to_owned),
+                        outcome,
+                    });
+                }
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let results: Vec<AlertResult> = slots.into_iter().flatten().collect();
         Ok(results)
     }
 }

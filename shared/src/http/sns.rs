@@ -98,6 +98,7 @@ pub(super) async fn handle(
         }
     }
 
+    sns::check_origin(&msg, chrono::Utc::now()).map_err(sns_error)?;
     // Tenant binding first: unbound requests never cause an outbound fetch.
     match basic_key(headers) {
         Some(key) => match app.directory.key_by_hash(&hash_api_key(&key)).await? {

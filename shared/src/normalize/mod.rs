@@ -18,6 +18,9 @@ use crate::model::{Alert, AlertStatus, Provider, Severity};
 
 pub use grafana::is_oncall_payload;
 
+/// Longest accepted `sourceAlertId`, in bytes.
+pub const MAX_SOURCE_ALERT_ID_BYTES: usize = 1024;
+
 /// A payload field that is missing or of the wrong type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {expected}")]
@@ -81,8 +84,24 @@ pub fn normalize(
                 }
             }
         }
-        for a in alerts.iter_mut() {
+        for (i, a) in alerts.iter_mut().enumerate() {
+            // Dedup keys live in table keys (DynamoDB allows 2 KB); a longer id is a mistake.
+            if a.source_alert_id.len() > MAX_SOURCE_ALERT_ID_BYTES {
+                let field = if root.contains_key("sourceAlertId") {
+                    "sourceAlertId".to_owned()
+                } else {
+                    format!("alert {i} id")
+                };
+                return Err(PayloadError::new(
+                    field,
+                    format!(
+                        "an alert id of at most {MAX_SOURCE_ALERT_ID_BYTES} bytes (got {})",
+                        a.source_alert_id.len()
+                    ),
+                ));
+            }
             a.derive_service_environment();
+            a.bound_fields();
         }
     }
     Ok(normalized)

@@ -287,7 +287,12 @@ fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), St
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
-        let ok = job.run(conn);
+        // A panicking job must not take the writer (and every later write) down with it.
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)))
+            .unwrap_or_else(|_| {
+                error!("a write job panicked; rolled back");
+                false
+            });
         let end = if ok {
             "RELEASE job"
         } else {

@@ -97,17 +97,22 @@ impl SqliteQueue {
             .await
     }
 
-    /// Puts failed messages back after `delay_ms` (instead of the full visibility timeout).
-    pub async fn retry_later(&self, ids: Vec<String>, delay_ms: i64) -> Result<(), StoreError> {
+    /// Puts failed messages back with exponential backoff: `base_ms` after the first receive,
+    /// doubling with each receive up to ten minutes, so a passing outage does not exhaust a
+    /// message's receives (and dead-letter it) within seconds.
+    pub async fn retry_later(&self, ids: Vec<String>, base_ms: i64) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
         self.db
             .write(move |c| {
-                let mut st = c.prepare_cached("UPDATE queue SET visible_at = ?2 WHERE id = ?1")?;
-                let at = now_ms() + delay_ms;
+                let mut st = c.prepare_cached(
+                    "UPDATE queue SET visible_at = ?2 + MIN(?3 * (1 << MIN(MAX(receive_count - 1, 0), 16)), 600000)
+                     WHERE id = ?1",
+                )?;
+                let now = now_ms();
                 for id in ids {
-                    st.execute(params![id.parse::<i64>().unwrap_or(-1), at])?;
+                    st.execute(params![id.parse::<i64>().unwrap_or(-1), now, base_ms])?;
                 }
                 Ok(())
             })
