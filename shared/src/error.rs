@@ -14,6 +14,7 @@ pub enum StoreError {
     Invalid(String),
 }
 
+#[cfg(feature = "embedded")]
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Unavailable(format!("sqlite: {e}"))

@@ -9,6 +9,7 @@ pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod dedup;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
 pub mod http;
@@ -18,5 +19,11 @@ pub mod normalize;
 pub mod policy;
 pub mod ports;
 pub mod sns;
+#[cfg(feature = "embedded")]
 pub mod sqlite;
 pub mod triage;
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

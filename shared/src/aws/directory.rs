@@ -9,7 +9,7 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::AgentOverrides;
 use crate::ports::{check_tenant_id, Directory, KeyAdmin, KeyRecord, KeySummary};
-use crate::sqlite::now_ms;
+use crate::now_ms;
 
 /// [`Directory`] and [`KeyAdmin`] on the keys and tenants tables.
 #[derive(Clone)]

@@ -11,7 +11,7 @@ use super::item::{get_s, n, s, unavailable, Item};
 use crate::error::StoreError;
 use crate::model::{DispatchTask, Incident, IncidentStatus, TaskKind};
 use crate::ports::{Dispatcher, IncidentPage, IncidentQuery, IncidentStore};
-use crate::sqlite::now_ms;
+use crate::now_ms;
 
 /// [`IncidentStore`] on the incidents table (`byStatus` index for status filters).
 #[derive(Clone)]

@@ -32,10 +32,7 @@ const MAX_BATCH: usize = 512;
 /// Jobs waiting beyond this are refused with 503 rather than queued without bound.
 const WRITE_QUEUE_DEPTH: usize = 16_384;
 
-/// Current Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use crate::now_ms;
 
 trait WriteJob: Send {
     /// Runs inside the job's savepoint; `false` rolls the savepoint back.
