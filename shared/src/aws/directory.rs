@@ -7,9 +7,9 @@ use aws_sdk_dynamodb::Client;
 use super::item::{get_n, get_s, n, s, unavailable, Item};
 use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
+use crate::now_ms;
 use crate::policy::AgentOverrides;
 use crate::ports::{check_tenant_id, Directory, KeyAdmin, KeyRecord, KeySummary};
-use crate::now_ms;
 
 /// [`Directory`] and [`KeyAdmin`] on the keys and tenants tables.
 #[derive(Clone)]

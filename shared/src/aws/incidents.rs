@@ -10,8 +10,8 @@ use aws_sdk_sns::Client as Sns;
 use super::item::{get_s, n, s, unavailable, Item};
 use crate::error::StoreError;
 use crate::model::{DispatchTask, Incident, IncidentStatus, TaskKind};
-use crate::ports::{Dispatcher, IncidentPage, IncidentQuery, IncidentStore};
 use crate::now_ms;
+use crate::ports::{Dispatcher, IncidentPage, IncidentQuery, IncidentStore};
 
 /// [`IncidentStore`] on the incidents table (`byStatus` index for status filters).
 #[derive(Clone)]

@@ -25,8 +25,50 @@ use crate::http::{AppState, RateLimit};
 use crate::triage::Triage;
 
 /// Loads the shared AWS configuration (region, credentials, endpoint) once per process.
+///
+/// Inside Lambda the region and the function role's credentials are always in the environment,
+/// so only those providers are built: the full default chain also builds the profile, SSO, web
+/// identity, ECS and IMDS providers, which costs init time and is never used there.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+        && std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+    if on_lambda {
+        loader
+            .http_client(aws_endpoints_https_client())
+            .credentials_provider(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            )
+            .region(aws_config::environment::EnvironmentVariableRegionProvider::new())
+            .load()
+            .await
+    } else {
+        loader.load().await
+    }
+}
+
+/// The roots AWS service endpoints chain to (Amazon Root CA 1-4 and the Starfield Services root
+/// they are cross-signed by), as published by Amazon Trust Services.
+const AWS_ROOTS: &[u8] = include_bytes!("aws-roots.pem");
+
+/// An HTTPS client that trusts only the roots AWS endpoints use. The default one loads the
+/// whole system trust store (hundreds of files) when a client is built, which was most of the
+/// functions' init time; inside Lambda every endpoint is an AWS one.
+fn aws_endpoints_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    let trust = tls::TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(AWS_ROOTS);
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .expect("the embedded AWS roots are valid PEM");
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https()
 }
 
 /// Everything the ingest Lambda's router needs, built once at init.
@@ -83,5 +125,25 @@ pub fn triage(sdk: &aws_config::SdkConfig, config: &TriageConfig) -> Triage {
             &config.dispatch_table,
             &config.agent_topic_arn,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_aws_roots_parse_and_build_a_client() {
+        let certs = x509_cert::Certificate::load_pem_chain(AWS_ROOTS).unwrap();
+        assert_eq!(certs.len(), 5);
+        let subjects: Vec<String> = certs
+            .iter()
+            .map(|c| c.tbs_certificate.subject.to_string())
+            .collect();
+        assert!(
+            subjects.iter().any(|s| s.contains("Amazon Root CA 1")),
+            "{subjects:?}"
+        );
+        let _ = aws_endpoints_https_client();
     }
 }
