@@ -50,6 +50,19 @@ impl SqliteQueue {
         max: usize,
         visibility_ms: i64,
     ) -> Result<Vec<QueueRecord>, StoreError> {
+        // An idle poll is a read: it takes no turn on the writer.
+        let due = self
+            .db
+            .read(|c| {
+                Ok(
+                    c.prepare_cached("SELECT EXISTS(SELECT 1 FROM queue WHERE visible_at <= ?1)")?
+                        .query_row([now_ms()], |r| r.get::<_, bool>(0))?,
+                )
+            })
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
         self.db
             .write(move |c| {
                 let now = now_ms();
