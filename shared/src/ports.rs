@@ -85,6 +85,23 @@ pub struct IncidentPage {
     pub next_cursor: Option<String>,
 }
 
+impl IncidentPage {
+    /// A page from up to `limit + 1` incidents, newest first: stores fetch one more than asked,
+    /// and its presence is what says there is a next page.
+    pub fn from_overfetch(mut incidents: Vec<Incident>, limit: usize) -> IncidentPage {
+        let next_cursor = if incidents.len() > limit {
+            incidents.truncate(limit);
+            incidents.last().map(|i| i.incident_id.clone())
+        } else {
+            None
+        };
+        IncidentPage {
+            incidents,
+            next_cursor,
+        }
+    }
+}
+
 /// Hands tasks to investigation agents.
 #[async_trait]
 pub trait Dispatcher: Send + Sync {
@@ -202,6 +219,16 @@ pub trait SubscriptionConfirmer: Send + Sync {
         token: &str,
         subscribe_url: &reqwest::Url,
     ) -> Result<Option<String>, String>;
+}
+
+/// Refuses what is not an SNS topic ARN, before it goes on an allow-list.
+pub fn check_topic_arn(topic_arn: &str) -> Result<(), StoreError> {
+    match crate::sns::topic_region(topic_arn) {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Invalid(format!(
+            "{topic_arn:?} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"
+        ))),
+    }
 }
 
 /// Tenant ids appear in URLs and table keys: lower-case letters, digits, `-` and `_`.

@@ -9,7 +9,7 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::now_ms;
 use crate::policy::AgentOverrides;
-use crate::ports::{check_tenant_id, Directory, KeyAdmin, KeyRecord, KeySummary};
+use crate::ports::{check_tenant_id, check_topic_arn, Directory, KeyAdmin, KeyRecord, KeySummary};
 
 /// [`Directory`] and [`KeyAdmin`] on the keys and tenants tables.
 #[derive(Clone)]
@@ -301,11 +301,7 @@ impl KeyAdmin for DynamoDirectory {
         topic_arn: &str,
         allow: bool,
     ) -> Result<(), StoreError> {
-        if crate::sns::topic_region(topic_arn).is_none() {
-            return Err(StoreError::Invalid(format!(
-                "{topic_arn:?} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"
-            )));
-        }
+        check_topic_arn(topic_arn)?;
         self.ensure_tenant(tenant).await?;
         self.ddb
             .update_item()

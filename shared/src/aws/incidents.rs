@@ -168,16 +168,7 @@ impl IncidentStore for DynamoIncidents {
                 None => break,
             }
         }
-        let next_cursor = if incidents.len() > limit {
-            incidents.truncate(limit);
-            incidents.last().map(|i| i.incident_id.clone())
-        } else {
-            None
-        };
-        Ok(IncidentPage {
-            incidents,
-            next_cursor,
-        })
+        Ok(IncidentPage::from_overfetch(incidents, limit))
     }
 }
 

@@ -10,8 +10,8 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::AgentOverrides;
 use crate::ports::{
-    check_tenant_id, Directory, KeyAdmin, KeyRecord, KeySummary, Subscription, SubscriptionState,
-    Subscriptions,
+    check_tenant_id, check_topic_arn, Directory, KeyAdmin, KeyRecord, KeySummary, Subscription,
+    SubscriptionState, Subscriptions,
 };
 
 /// Tenants and keys stored in the embedded database.
@@ -216,11 +216,7 @@ impl KeyAdmin for SqliteDirectory {
         topic_arn: &str,
         allow: bool,
     ) -> Result<(), StoreError> {
-        if crate::sns::topic_region(topic_arn).is_none() {
-            return Err(StoreError::Invalid(format!(
-                "{topic_arn:?} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)"
-            )));
-        }
+        check_topic_arn(topic_arn)?;
         let (t, a) = (tenant.to_owned(), topic_arn.to_owned());
         self.db
             .write(move |c| {

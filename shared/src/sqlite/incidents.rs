@@ -105,19 +105,10 @@ impl IncidentStore for SqliteIncidents {
                 let rows = st.query_map(params![t, status, cursor, (limit + 1) as i64], |r| {
                     r.get::<_, String>(0)
                 })?;
-                let mut incidents = rows
+                let incidents = rows
                     .map(|r| decode(r?))
                     .collect::<Result<Vec<_>, StoreError>>()?;
-                let next_cursor = if incidents.len() > limit {
-                    incidents.truncate(limit);
-                    incidents.last().map(|i| i.incident_id.clone())
-                } else {
-                    None
-                };
-                Ok(IncidentPage {
-                    incidents,
-                    next_cursor,
-                })
+                Ok(IncidentPage::from_overfetch(incidents, limit))
             })
             .await
     }

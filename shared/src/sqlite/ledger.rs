@@ -41,6 +41,15 @@ fn load(c: &Connection, t: &str, p: &str, id: &str) -> Result<Option<DedupRecord
         .optional()?)
 }
 
+/// Deletes the dedup record of one key.
+fn release(c: &Connection, t: &str, p: &str, id: &str) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2 AND source_alert_id = ?3",
+    )?
+    .execute(params![t, p, id])?;
+    Ok(())
+}
+
 fn enqueue(c: &Connection, msg: &QueuedAlert, now: i64) -> Result<(), StoreError> {
     let body = msg.to_queue_body();
     c.prepare_cached("INSERT INTO queue(body, enqueued_at, visible_at) VALUES (?1, ?2, ?2)")?
@@ -87,28 +96,12 @@ impl AlertLedger for SqliteLedger {
                             ])?;
                         }
                         Decision::Resolve { .. } => {
-                            c.prepare_cached(
-                                "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2
-                                 AND source_alert_id = ?3",
-                            )?
-                            .execute(params![
-                                tenant,
-                                p,
-                                alert.source_alert_id
-                            ])?;
+                            release(c, &tenant, p, &alert.source_alert_id)?;
                         }
                         Decision::Duplicate { .. } | Decision::Ignore | Decision::Acknowledge => {
                             if alert.status == AlertStatus::Resolved && existing.is_some() {
                                 // An expired or abandoned record: clear it so it stops lingering.
-                                c.prepare_cached(
-                                    "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2
-                                     AND source_alert_id = ?3",
-                                )?
-                                .execute(params![
-                                    tenant,
-                                    p,
-                                    alert.source_alert_id
-                                ])?;
+                                release(c, &tenant, p, &alert.source_alert_id)?;
                             }
                         }
                     }
