@@ -490,3 +490,71 @@ async fn acknowledged_alerts_survive_sigkill_and_get_triaged() {
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_stored_hashed_and_nothing_secret_reaches_the_logs() {
+    let db = db_path();
+    let key = create_key(&db, "acme");
+    let log = db.with_file_name("serve.log");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "0",
+            "--log-format",
+            "json",
+            "--db",
+        ])
+        .arg(&db)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0);
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let client = reqwest::Client::new();
+    let body = r#"{"sourceAlertId":"leak-check","title":"TITLE-MUST-NOT-BE-LOGGED","message":"BODY-MUST-NOT-BE-LOGGED"}"#;
+    assert_eq!(post(&client, &addr, "acme", &key, body).await.status(), 202);
+    let mut bad = key.clone();
+    bad["webhookSecret"] = json!("wrong-secret-value");
+    assert_eq!(post(&client, &addr, "acme", &bad, body).await.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("webhook accepted"),
+        "the log is written: {logs}"
+    );
+    for secret in [
+        key["apiKey"].as_str().unwrap(),
+        key["webhookSecret"].as_str().unwrap(),
+        "BODY-MUST-NOT-BE-LOGGED",
+        "TITLE-MUST-NOT-BE-LOGGED",
+    ] {
+        assert!(!logs.contains(secret), "{secret} appears in the log");
+    }
+    // The database holds the key's SHA-256, never the key itself.
+    let mut raw = Vec::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(b) = std::fs::read(format!("{}{suffix}", db.display())) {
+            raw.extend(b);
+        }
+    }
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(key["apiKey"].as_str().unwrap()));
+    assert!(raw.contains(&causeflow_shared::auth::hash_api_key(
+        key["apiKey"].as_str().unwrap()
+    )));
+}
