@@ -568,6 +568,27 @@ async fn full_pipeline_dispatches_by_severity_through_filtered_agent_queues() {
         (200, Some("low"), json!([]))
     );
 
+    // Paging through DynamoDB: newest first, a cursor while more remain.
+    let page = |q: String| {
+        let req = http::Request::builder()
+            .uri(format!("/v1/tenants/demo/incidents{q}"))
+            .header("x-api-key", DEV_API_KEY)
+            .body(lambda_http::Body::Empty)
+            .unwrap();
+        let app = app.clone();
+        async move { call(&app, req).await.1 }
+    };
+    let first = page("?limit=3".into()).await;
+    assert_eq!(first["incidents"].as_array().unwrap().len(), 3);
+    assert_eq!(first["incidents"][0]["incidentId"], id, "newest first");
+    let cursor = first["nextCursor"]
+        .as_str()
+        .expect("a fourth incident remains")
+        .to_owned();
+    let rest = page(format!("?limit=3&cursor={cursor}")).await;
+    assert_eq!(rest["incidents"].as_array().unwrap().len(), 1);
+    assert!(rest.get("nextCursor").is_none());
+
     // A partial resolve: the resolved alert's agents get a cancel each, once.
     let (status, body) = event(&app, "webhook-grafana-partial-resolve.json").await;
     assert_eq!(status, 202, "{body}");
