@@ -351,13 +351,17 @@ fn print_welcome(addr: &str, api_key: &str, secret: &str) {
     );
 }
 
+/// Opens the SQLite database named by `--db`.
+fn open_db(db: &DbArg) -> Result<Db> {
+    Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))
+}
+
 /// The key store the command acts on.
 async fn open_directory(store: &StoreArgs) -> Result<Box<dyn KeyAdmin>> {
     if store.aws {
         return aws_directory(store).await;
     }
-    let db =
-        Db::open(&store.db.db).with_context(|| format!("opening {}", store.db.db.display()))?;
+    let db = open_db(&store.db)?;
     Ok(Box::new(SqliteDirectory::new(db)))
 }
 
@@ -553,7 +557,7 @@ async fn subscriptions(cmd: SubscriptionsCmd) -> Result<()> {
             .list(&tenant)
             .await?
     } else {
-        let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
+        let db = open_db(&db)?;
         SqliteDirectory::new(db).list(&tenant).await?
     };
     if json {
@@ -670,7 +674,7 @@ async fn incidents(cmd: IncidentsCmd) -> Result<()> {
         json,
         db,
     } = cmd;
-    let db = Db::open(&db.db).with_context(|| format!("opening {}", db.db.display()))?;
+    let db = open_db(&db)?;
     let store = SqliteIncidents::new(db);
     let query = IncidentQuery {
         status: status.map(|s| {

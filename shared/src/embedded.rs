@@ -80,8 +80,7 @@ impl Embedded {
     /// Opens the database and builds every adapter; HTTPS GETs (SNS certificates and
     /// subscription confirmations) go out with reqwest.
     pub fn open(config: EmbeddedConfig) -> Result<Embedded, StoreError> {
-        let https = ReqwestGet::new().map_err(StoreError::Unavailable)?;
-        Self::open_with(config, Arc::new(https))
+        Self::open_with(config, Arc::new(ReqwestGet::new()))
     }
 
     /// Like [`Embedded::open`] with the HTTPS client injected (tests record what it fetches).

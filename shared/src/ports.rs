@@ -221,6 +221,16 @@ pub trait SubscriptionConfirmer: Send + Sync {
     ) -> Result<Option<String>, String>;
 }
 
+/// A Sentry client secret as stored: trimmed, and never empty.
+pub fn clean_sentry_secret(secret: &str) -> Result<String, StoreError> {
+    match secret.trim() {
+        "" => Err(StoreError::Invalid(
+            "the Sentry client secret is empty".into(),
+        )),
+        s => Ok(s.to_owned()),
+    }
+}
+
 /// Refuses what is not an SNS topic ARN, before it goes on an allow-list.
 pub fn check_topic_arn(topic_arn: &str) -> Result<(), StoreError> {
     match crate::sns::topic_region(topic_arn) {

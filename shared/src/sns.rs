@@ -294,21 +294,31 @@ pub trait HttpsGet: Send + Sync {
     async fn get(&self, url: &reqwest::Url) -> Result<String, String>;
 }
 
-/// HTTPS GET with no redirects, a short timeout and a size cap.
+/// HTTPS GET with no redirects, a short timeout and a size cap. The client (and its parsed
+/// trust roots) is built on first use: certificate fetches are rare, and Lambda init should not
+/// pay for them.
+#[derive(Default)]
 pub struct ReqwestGet {
-    client: reqwest::Client,
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 impl ReqwestGet {
-    pub fn new() -> Result<Self, String> {
-        Ok(ReqwestGet {
-            client: reqwest::Client::builder()
-                .https_only(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(std::time::Duration::from_secs(5))
-                .build()
-                .map_err(|e| e.to_string())?,
-        })
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, String> {
+        self.client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .https_only(true)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(std::time::Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 
@@ -316,7 +326,7 @@ impl ReqwestGet {
 impl HttpsGet for ReqwestGet {
     async fn get(&self, url: &reqwest::Url) -> Result<String, String> {
         let resp = self
-            .client
+            .client()?
             .get(url.clone())
             .send()
             .await

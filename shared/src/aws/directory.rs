@@ -9,7 +9,10 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::now_ms;
 use crate::policy::AgentOverrides;
-use crate::ports::{check_tenant_id, check_topic_arn, Directory, KeyAdmin, KeyRecord, KeySummary};
+use crate::ports::{
+    check_tenant_id, check_topic_arn, clean_sentry_secret, Directory, KeyAdmin, KeyRecord,
+    KeySummary,
+};
 
 /// [`Directory`] and [`KeyAdmin`] on the keys and tenants tables.
 #[derive(Clone)]
@@ -255,18 +258,9 @@ impl KeyAdmin for DynamoDirectory {
         key_id: &str,
         secret: &str,
     ) -> Result<(), StoreError> {
-        if secret.trim().is_empty() {
-            return Err(StoreError::Invalid(
-                "the Sentry client secret is empty".into(),
-            ));
-        }
-        self.update_key(
-            tenant,
-            key_id,
-            "SET sentryClientSecret = :v",
-            Some(secret.trim().to_owned()),
-        )
-        .await
+        let secret = clean_sentry_secret(secret)?;
+        self.update_key(tenant, key_id, "SET sentryClientSecret = :v", Some(secret))
+            .await
     }
 
     async fn set_agent_overrides(

@@ -73,8 +73,7 @@ fn aws_endpoints_https_client() -> aws_smithy_runtime_api::client::http::SharedH
 
 /// Everything the ingest Lambda's router needs, built once at init.
 pub fn ingest_state(sdk: &aws_config::SdkConfig, config: &IngestConfig) -> Arc<AppState> {
-    let https = crate::sns::ReqwestGet::new().expect("an HTTPS client builds");
-    ingest_state_with(sdk, config, Arc::new(https))
+    ingest_state_with(sdk, config, Arc::new(crate::sns::ReqwestGet::new()))
 }
 
 /// Like [`ingest_state`] with the HTTPS client (SNS certificates) injected.

@@ -20,8 +20,9 @@ pub use ratelimit::{RateLimit, RateLimiter};
 pub use sns::SnsSupport;
 
 use crate::auth::hash_api_key;
+use crate::ingest::header_str;
 use crate::model::IncidentStatus;
-use crate::ports::{AlertLedger, Directory, IncidentQuery, IncidentStore};
+use crate::ports::{AlertLedger, Directory, IncidentQuery, IncidentStore, KeyRecord};
 
 /// Bodies above this are refused before parsing: SQS's message limit (SPEC §4).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -78,21 +79,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Authenticates a read of `tenant`'s data by its `X-API-Key`.
-async fn authenticate_tenant(
+/// The active key of `tenant` that `api_key` names. Unknown, revoked and other tenants' keys
+/// all get the same answer, so the answer does not reveal which it was.
+async fn tenant_key(app: &AppState, tenant: &str, api_key: &str) -> Result<KeyRecord, ApiError> {
+    match app.directory.key_by_hash(&hash_api_key(api_key)).await? {
+        Some(k) if !k.revoked && k.tenant_id == tenant => Ok(k),
+        _ => Err(ApiError::InvalidApiKey),
+    }
+}
+
+/// Authenticates a request by its `X-API-Key`.
+async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     tenant: &str,
-) -> Result<(), ApiError> {
-    let key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-        .ok_or(ApiError::MissingApiKey("X-API-Key"))?;
-    match app.directory.key_by_hash(&hash_api_key(key.trim())).await? {
-        Some(k) if !k.revoked && k.tenant_id == tenant => Ok(()),
-        _ => Err(ApiError::InvalidApiKey),
-    }
+) -> Result<KeyRecord, ApiError> {
+    let key = header_str(headers, "x-api-key").ok_or(ApiError::MissingApiKey("X-API-Key"))?;
+    tenant_key(app, tenant, key).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +111,7 @@ async fn list_incidents(
     headers: HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate_tenant(&app, &headers, &tenant).await?;
+    authenticate(&app, &headers, &tenant).await?;
     let Query(p) = params.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let status = match p.status.as_deref() {
         None | Some("") => None,
@@ -145,7 +148,7 @@ async fn get_incident(
     Path((tenant, incident)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate_tenant(&app, &headers, &tenant).await?;
+    authenticate(&app, &headers, &tenant).await?;
     match app.incidents.get(&tenant, &incident).await? {
         Some(i) => Ok(Json(i).into_response()),
         None => Err(ApiError::NotFound(format!(

@@ -16,7 +16,6 @@ use tracing::{info, warn};
 
 use super::webhook::{admit, read_body};
 use super::{ApiError, AppState};
-use crate::auth::hash_api_key;
 use crate::ingest::header_str;
 use crate::model::Provider;
 use crate::normalize::{normalize, Context};
@@ -101,10 +100,14 @@ pub(super) async fn handle(
     sns::check_origin(&msg, chrono::Utc::now()).map_err(sns_error)?;
     // Tenant binding first: unbound requests never cause an outbound fetch.
     match basic_key(headers) {
-        Some(key) => match app.directory.key_by_hash(&hash_api_key(&key)).await? {
-            Some(k) if !k.revoked && k.tenant_id == tenant => {}
-            _ => return Err(ApiError::Challenge(Box::new(ApiError::InvalidApiKey))),
-        },
+        Some(key) => {
+            super::tenant_key(app, tenant, &key)
+                .await
+                .map_err(|e| match e {
+                    ApiError::InvalidApiKey => ApiError::Challenge(Box::new(e)),
+                    other => other,
+                })?;
+        }
         None => {
             if !app.directory.topic_allowed(tenant, &msg.topic_arn).await? {
                 return Err(ApiError::Challenge(Box::new(ApiError::MissingApiKey(

@@ -13,11 +13,9 @@ use serde_json::json;
 use tracing::{info, instrument};
 
 use super::{ApiError, AppState};
-use crate::auth::hash_api_key;
 use crate::ingest::{header_str, verify_and_normalize};
 use crate::model::{Outcome, Provider};
 use crate::normalize::Normalized;
-use crate::ports::KeyRecord;
 
 pub(super) const API_KEY: &str = "x-api-key";
 
@@ -49,7 +47,7 @@ pub(super) async fn handle(
     if provider == Provider::Cloudwatch && header_str(&headers, API_KEY).is_none() {
         return super::sns::handle(&app, &tenant, &headers, body).await;
     }
-    let key = authenticate(&app, &headers, &tenant).await?;
+    let key = super::authenticate(&app, &headers, &tenant).await?;
     app.limiter
         .check(&tenant)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
@@ -156,18 +154,5 @@ fn check_content_type(headers: &HeaderMap, provider: Provider) -> Result<(), Api
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType(raw.to_owned()))
-    }
-}
-
-async fn authenticate(
-    app: &AppState,
-    headers: &HeaderMap,
-    tenant: &str,
-) -> Result<KeyRecord, ApiError> {
-    let key = header_str(headers, API_KEY).ok_or(ApiError::MissingApiKey("X-API-Key"))?;
-    match app.directory.key_by_hash(&hash_api_key(key)).await? {
-        // One answer for unknown, revoked and other tenants' keys: do not reveal which.
-        Some(k) if !k.revoked && k.tenant_id == tenant => Ok(k),
-        _ => Err(ApiError::InvalidApiKey),
     }
 }

@@ -10,8 +10,8 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::AgentOverrides;
 use crate::ports::{
-    check_tenant_id, check_topic_arn, Directory, KeyAdmin, KeyRecord, KeySummary, Subscription,
-    SubscriptionState, Subscriptions,
+    check_tenant_id, check_topic_arn, clean_sentry_secret, Directory, KeyAdmin, KeyRecord,
+    KeySummary, Subscription, SubscriptionState, Subscriptions,
 };
 
 /// Tenants and keys stored in the embedded database.
@@ -166,16 +166,8 @@ impl KeyAdmin for SqliteDirectory {
         key_id: &str,
         secret: &str,
     ) -> Result<(), StoreError> {
-        if secret.trim().is_empty() {
-            return Err(StoreError::Invalid(
-                "the Sentry client secret is empty".into(),
-            ));
-        }
-        let (t, k, s) = (
-            tenant.to_owned(),
-            key_id.to_owned(),
-            secret.trim().to_owned(),
-        );
+        let secret = clean_sentry_secret(secret)?;
+        let (t, k, s) = (tenant.to_owned(), key_id.to_owned(), secret);
         self.db
             .write(move |c| {
                 update_key(

@@ -154,11 +154,6 @@ impl Db {
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// Wake-ups for the background workers.
     pub fn signals(&self) -> Arc<Signals> {
         self.inner.signals.clone()
