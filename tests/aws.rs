@@ -729,14 +729,7 @@ async fn stale_leases_are_taken_over_and_expired_records_release_the_key() {
             .ddb
             .put_item()
             .table_name(table)
-            .item(
-                "pk",
-                AttributeValue::S(dedup_pk(
-                    "demo",
-                    causeflow_shared::model::Provider::Generic,
-                    id,
-                )),
-            )
+            .item("pk", AttributeValue::S(dedup_pk("demo", "generic", id)))
             .item("incidentId", AttributeValue::S(incident.into()))
             .item("pending", AttributeValue::Bool(pending))
             .item("leaseUntil", AttributeValue::N(lease.to_string()))
@@ -786,11 +779,7 @@ async fn stale_leases_are_taken_over_and_expired_records_release_the_key() {
         .table_name(table)
         .key(
             "pk",
-            AttributeValue::S(dedup_pk(
-                "demo",
-                causeflow_shared::model::Provider::Generic,
-                "stale",
-            )),
+            AttributeValue::S(dedup_pk("demo", "generic", "stale")),
         )
         .send()
         .await

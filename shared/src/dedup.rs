@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::model::{AlertStatus, Outcome};
+use crate::model::{AlertStatus, Outcome, Provider};
 
 /// How long dedup records live and how long an in-flight (pending) record is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,17 @@ pub fn decide(
             },
             None => Decision::Ignore,
         },
+    }
+}
+
+/// The namespace of an alert's dedup key: its provider, and for alerts that no signature covered
+/// a namespace of their own beside it, so an unsigned request can never open, match or resolve
+/// an incident that a signed request keyed (docs/security.md).
+pub fn namespace(provider: Provider, unsigned: bool) -> String {
+    if unsigned {
+        format!("{provider}:unsigned")
+    } else {
+        provider.as_str().to_owned()
     }
 }
 

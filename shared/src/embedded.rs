@@ -36,6 +36,8 @@ pub struct EmbeddedConfig {
     /// SNS signing certificates to pre-seed (air-gapped installs): a directory mirroring the
     /// SigningCertURLs as `<host>/<path>.pem`, or a JSON file `{"<url>": "<PEM>"}`.
     pub sns_certs: Option<PathBuf>,
+    /// Alerts one request may carry (413 `too_many_alerts` beyond).
+    pub max_alerts: usize,
 }
 
 impl EmbeddedConfig {
@@ -48,6 +50,7 @@ impl EmbeddedConfig {
             visibility: Duration::from_secs(30),
             retry_base: Duration::from_secs(5),
             sns_certs: None,
+            max_alerts: crate::http::DEFAULT_MAX_ALERTS,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Embedded {
             Arc::new(incidents.clone()),
             config.rate_limit,
         );
+        state.max_alerts = config.max_alerts;
         let certs = CertCache::new(https.clone());
         if let Some(path) = &config.sns_certs {
             let n = certs.seed_from(path).map_err(StoreError::Invalid)?;

@@ -51,8 +51,13 @@ pub fn verify_and_normalize(
             return Err(missing_signature(provider));
         }
     }
+    if provider == Provider::Cloudwatch {
+        crate::sns::check_type_header(headers, &root)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
     let ctx = Context {
         sentry_resource: header_str(headers, SENTRY_RESOURCE),
+        signed,
     };
     Ok(normalize(provider, &root, ctx)?)
 }

@@ -142,6 +142,12 @@ pub struct Alert {
     /// A sender's test notification: recorded, never dispatched.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub test: bool,
+    /// No signature covered the request this alert came from (key-only Datadog or OnCall). Its
+    /// dedup key lives in a namespace of its own, so it can never open, match or resolve an
+    /// incident that a signed request keyed (docs/security.md). Set by the normaliser from the
+    /// verification result, never from the payload.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsigned: bool,
 }
 
 impl Alert {
@@ -417,6 +423,7 @@ mod tests {
             tags: BTreeMap::new(),
             links: vec![],
             test: false,
+            unsigned: false,
         }
     }
 }

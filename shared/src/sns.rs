@@ -133,6 +133,27 @@ pub fn parse(root: &Map<String, Value>) -> Result<SnsMessage, SnsError> {
     Ok(msg)
 }
 
+impl SnsMessage {
+    /// The envelope rebuilt from the fields SNS signs and nothing else: what a verified message
+    /// may be normalised from. Anything else in the body (a `sourceAlertId` added beside the
+    /// envelope, say) is not covered by the signature, so it must not shape an alert.
+    pub fn signed_envelope(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: &str| {
+            m.insert(k.to_owned(), Value::String(v.to_owned()));
+        };
+        put("Type", self.kind.as_str());
+        put("MessageId", &self.message_id);
+        put("TopicArn", &self.topic_arn);
+        put("Message", &self.message);
+        put("Timestamp", &self.timestamp);
+        if let Some(s) = &self.subject {
+            put("Subject", s);
+        }
+        m
+    }
+}
+
 /// The string SNS signs for this message: `Key\nValue\n` for each signed key, in order.
 pub fn string_to_sign(m: &SnsMessage) -> String {
     let mut out = String::new();
@@ -164,23 +185,43 @@ pub fn string_to_sign(m: &SnsMessage) -> String {
     out
 }
 
-/// `sns.<region>.amazonaws.com` or `.amazonaws.com.cn`, exactly.
-pub fn is_sns_host(host: &str) -> bool {
-    let rest = match host.strip_prefix("sns.") {
-        Some(r) => r,
-        None => return false,
+/// A real AWS region name: two letters, one or more words, a number (`eu-west-1`,
+/// `us-gov-west-1`, `cn-north-1`). Look-alikes such as `s3` or `s3-eu-west-1`, which S3's
+/// virtual-host names would otherwise pass off as a region, do not match.
+pub fn is_region(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    let [area, words @ .., number] = parts.as_slice() else {
+        return false;
     };
-    let region = rest
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"));
-    match region {
-        Some(r) => {
-            !r.is_empty()
-                && r.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        }
-        None => false,
+    area.len() == 2
+        && area.bytes().all(|b| b.is_ascii_lowercase())
+        && !words.is_empty()
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && (1..=2).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The domain SNS is served under in `region`: China's regions are in their own partition.
+fn sns_domain(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
     }
+}
+
+/// `sns.<region>.amazonaws.com`, or `.amazonaws.com.cn` for China's regions, exactly, with a
+/// real region name.
+pub fn is_sns_host(host: &str) -> bool {
+    let Some(rest) = host.strip_prefix("sns.") else {
+        return false;
+    };
+    let Some((region, domain)) = rest.split_once('.') else {
+        return false;
+    };
+    is_region(region) && domain == sns_domain(region)
 }
 
 fn check_sns_url(url: &str, what: &str) -> Result<reqwest::Url, SnsError> {
@@ -243,12 +284,9 @@ pub fn check_origin(m: &SnsMessage, now: chrono::DateTime<chrono::Utc>) -> Resul
             m.topic_arn
         ))
     })?;
-    let hosts = [
-        format!("sns.{region}.amazonaws.com"),
-        format!("sns.{region}.amazonaws.com.cn"),
-    ];
+    let host = format!("sns.{region}.{}", sns_domain(region));
     let cert = check_cert_url(&m.signing_cert_url)?;
-    if !hosts.iter().any(|h| Some(h.as_str()) == cert.host_str())
+    if Some(host.as_str()) != cert.host_str()
         || !cert.path().starts_with("/SimpleNotificationService-")
     {
         return Err(SnsError::UntrustedUrl(format!(
@@ -258,7 +296,7 @@ pub fn check_origin(m: &SnsMessage, now: chrono::DateTime<chrono::Utc>) -> Resul
     }
     if let Some(url) = &m.subscribe_url {
         let u = check_subscribe_url(url)?;
-        if !hosts.iter().any(|h| Some(h.as_str()) == u.host_str()) {
+        if Some(host.as_str()) != u.host_str() {
             return Err(SnsError::UntrustedUrl(format!(
                 "SubscribeURL {url:?} is not trusted: it must be SNS in the topic's region ({region})"
             )));
@@ -279,12 +317,57 @@ pub fn check_origin(m: &SnsMessage, now: chrono::DateTime<chrono::Utc>) -> Resul
     Ok(())
 }
 
-/// The region of `arn:aws:sns:<region>:<account>:<topic>`.
+/// The region of `arn:<partition>:sns:<region>:<account>:<topic>`, for the partitions SNS
+/// delivers from (`aws`, `aws-cn`, `aws-us-gov`) and a real region of that partition.
 pub fn topic_region(topic_arn: &str) -> Option<&str> {
-    let mut parts = topic_arn.split(':');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("arn"), Some(_), Some("sns"), Some(region)) if !region.is_empty() => Some(region),
-        _ => None,
+    let mut parts = topic_arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("sns"), Some(region), Some(account), Some(name)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let partition_ok = match partition {
+        "aws" => !region.starts_with("cn-") && !region.starts_with("us-gov-"),
+        "aws-cn" => region.starts_with("cn-"),
+        "aws-us-gov" => region.starts_with("us-gov-"),
+        _ => false,
+    };
+    let name_ok = (1..=256).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    (partition_ok
+        && is_region(region)
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && name_ok)
+        .then_some(region)
+}
+
+/// Refuses an SNS delivery whose `x-amz-sns-message-type` header disagrees with the body's
+/// `Type`, on every path that reads an SNS envelope (direct or forwarded).
+pub fn check_type_header(
+    headers: &http::HeaderMap,
+    root: &Map<String, Value>,
+) -> Result<(), SnsError> {
+    let header = headers
+        .get("x-amz-sns-message-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    match (header, root.get("Type")) {
+        (Some(h), Some(Value::String(t))) if h != t => Err(SnsError::Invalid(format!(
+            "x-amz-sns-message-type {h:?} disagrees with the message Type {t:?}"
+        ))),
+        (Some(h), None) => Err(SnsError::Invalid(format!(
+            "x-amz-sns-message-type {h:?} was sent but the body has no SNS Type"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -524,6 +607,12 @@ mod tests {
             "https://sqs.eu-west-1.amazonaws.com/x.pem",
             "https://sns..amazonaws.com/x.pem",
             "https://SNS.EU-WEST-1.amazonaws.com.attacker.io/x.pem",
+            // S3 virtual hosts of a bucket named `sns`, and partitions mixed up.
+            "https://sns.s3.amazonaws.com/x.pem",
+            "https://sns.s3-eu-west-1.amazonaws.com/x.pem",
+            "https://sns.s3-external-1.amazonaws.com/x.pem",
+            "https://sns.cn-north-1.amazonaws.com/x.pem",
+            "https://sns.eu-west-1.amazonaws.com.cn/x.pem",
             "not a url",
         ] {
             assert!(check_cert_url(bad).is_err(), "{bad}");
@@ -537,9 +626,27 @@ mod tests {
             Some("eu-west-1")
         );
         assert_eq!(
-            topic_region("arn:aws-cn:sns:cn-north-1:1:t"),
+            topic_region("arn:aws-cn:sns:cn-north-1:123456789012:t"),
             Some("cn-north-1")
         );
-        assert_eq!(topic_region("arn:aws:sqs:eu-west-1:1:q"), None);
+        assert_eq!(
+            topic_region("arn:aws-us-gov:sns:us-gov-west-1:123456789012:t"),
+            Some("us-gov-west-1")
+        );
+        for bad in [
+            "arn:aws:sqs:eu-west-1:123456789012:q",
+            "arn:aws:sns:s3:123456789012:alarms",
+            "arn:aws:sns:s3-eu-west-1:123456789012:alarms",
+            "arn:aws:sns:cn-north-1:123456789012:alarms",
+            "arn:aws-cn:sns:eu-west-1:123456789012:alarms",
+            "arn:evil:sns:eu-west-1:123456789012:alarms",
+            "arn:aws:sns:eu-west-1:1:alarms",
+            "arn:aws:sns:eu-west-1:123456789012:",
+            "arn:aws:sns:eu-west-1:123456789012:a/b",
+        ] {
+            assert_eq!(topic_region(bad), None, "{bad}");
+        }
+        assert!(is_region("ap-southeast-7") && is_region("us-isob-east-1"));
+        assert!(!is_region("s3") && !is_region("s3-eu-west-1") && !is_region("eu-west"));
     }
 }

@@ -37,9 +37,10 @@ fn record(item: &Item) -> Option<DedupRecord> {
     })
 }
 
-/// The table key of an alert. Tenant ids and provider names never contain `#`.
-pub fn dedup_pk(tenant: &str, provider: Provider, source_alert_id: &str) -> String {
-    format!("{tenant}#{provider}#{source_alert_id}")
+/// The table key of an alert, in its key namespace ([`crate::dedup::namespace`]). Tenant ids and
+/// namespaces never contain `#`.
+pub fn dedup_pk(tenant: &str, namespace: &str, source_alert_id: &str) -> String {
+    format!("{tenant}#{namespace}#{source_alert_id}")
 }
 
 impl DynamoLedger {
@@ -247,7 +248,8 @@ impl AlertLedger for DynamoLedger {
                     .acquire_owned()
                     .await
                     .expect("semaphore is never closed");
-                let pk = dedup_pk(&tenant, provider, &alert.source_alert_id);
+                let ns = crate::dedup::namespace(provider, alert.unsigned);
+                let pk = dedup_pk(&tenant, &ns, &alert.source_alert_id);
                 let mut msg = QueuedAlert {
                     tenant_id: tenant,
                     provider,

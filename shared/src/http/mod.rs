@@ -27,6 +27,11 @@ use crate::ports::{AlertLedger, Directory, IncidentQuery, IncidentStore, KeyReco
 /// Bodies above this are refused before parsing: SQS's message limit (SPEC §4).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// Most alerts one request may carry unless configured otherwise: more than any sender batches
+/// by default, few enough that a full request is admitted well within the ingest function's
+/// timeout (docs/security.md).
+pub const DEFAULT_MAX_ALERTS: usize = 500;
+
 /// Everything a request handler needs, built once per process.
 pub struct AppState {
     pub directory: Arc<dyn Directory>,
@@ -34,6 +39,8 @@ pub struct AppState {
     pub incidents: Arc<dyn IncidentStore>,
     pub limiter: RateLimiter,
     pub max_body: usize,
+    /// Alerts one request may carry; more is refused with 413 `too_many_alerts`.
+    pub max_alerts: usize,
     /// CloudWatch straight from SNS (signature, binding, confirmation); `None` refuses it.
     pub sns: Option<SnsSupport>,
 }
@@ -51,6 +58,7 @@ impl AppState {
             incidents,
             limiter: RateLimiter::new(rate_limit),
             max_body: MAX_BODY_BYTES,
+            max_alerts: DEFAULT_MAX_ALERTS,
             sns: None,
         }
     }

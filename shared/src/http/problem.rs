@@ -32,6 +32,9 @@ pub enum ApiError {
     InvalidPayload(String),
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
+    /// The request carries more alerts than one request may (413).
+    #[error("too many alerts: {count} > {limit}")]
+    TooManyAlerts { count: usize, limit: usize },
     #[error("unsupported media type {0:?}")]
     UnsupportedMediaType(String),
     #[error("invalid query: {0}")]
@@ -107,6 +110,16 @@ impl ApiError {
                 "payload_too_large",
                 "Payload too large",
                 format!("The body is larger than {limit} bytes: send fewer alerts per request."),
+            ),
+            TooManyAlerts { count, limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_alerts",
+                "Too many alerts",
+                format!(
+                    "This request carries {count} alerts; at most {limit} are accepted per request. Nothing was \
+                     recorded. Lower the sender's batch (Grafana: the contact point's Max alerts; Alertmanager: \
+                     max_alerts) to {limit} or fewer, or raise the server's --max-alerts."
+                ),
             ),
             UnsupportedMediaType(ct) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

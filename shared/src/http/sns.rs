@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::webhook::{admit, read_body};
+use super::webhook::{admit_charged, read_body};
 use super::{ApiError, AppState};
 use crate::ingest::header_str;
 use crate::model::Provider;
@@ -88,14 +88,7 @@ pub(super) async fn handle(
         return Err(missing_key());
     }
     let msg = sns::parse(&root).map_err(sns_error)?;
-    if let Some(t) = header_str(headers, "x-amz-sns-message-type") {
-        if t != msg.kind.as_str() {
-            return Err(ApiError::BadRequest(format!(
-                "x-amz-sns-message-type {t:?} disagrees with the message Type {:?}",
-                msg.kind.as_str()
-            )));
-        }
-    }
+    sns::check_type_header(headers, &root).map_err(sns_error)?;
 
     sns::check_origin(&msg, chrono::Utc::now()).map_err(sns_error)?;
     // Tenant binding first: unbound requests never cause an outbound fetch.
@@ -116,15 +109,16 @@ pub(super) async fn handle(
             }
         }
     }
+    support.certs.verify(&msg).await.map_err(sns_error)?;
+    // Only a verified message is charged to the tenant's rate: forged posts must not spend it.
     // SNS counts any 4xx as delivered, so a 429 would drop the alarm: over-rate SNS deliveries
     // get a 503, the one answer SNS retries.
-    app.limiter.check(tenant).map_err(|retry_after| {
+    let over_rate = |retry_after: std::time::Duration| {
         ApiError::Unavailable(format!(
             "This tenant is over its request rate; SNS will retry (after about {} s).",
             retry_after.as_secs().max(1)
         ))
-    })?;
-    support.certs.verify(&msg).await.map_err(sns_error)?;
+    };
 
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let record = |state: SubscriptionState, arn: Option<String>| Subscription {
@@ -136,10 +130,20 @@ pub(super) async fn handle(
     };
     match msg.kind {
         SnsType::Notification => {
-            let normalized = normalize(Provider::Cloudwatch, &root, Context::default())?;
-            admit(app, tenant, Provider::Cloudwatch, normalized).await
+            let ctx = Context {
+                signed: true,
+                ..Context::default()
+            };
+            let normalized = normalize(Provider::Cloudwatch, &msg.signed_envelope(), ctx)?;
+            admit_charged(app, tenant, Provider::Cloudwatch, normalized)
+                .await
+                .map_err(|e| match e {
+                    ApiError::RateLimited { retry_after } => over_rate(retry_after),
+                    other => other,
+                })
         }
         SnsType::SubscriptionConfirmation => {
+            app.limiter.check(tenant, 1).map_err(over_rate)?;
             let url = sns::check_subscribe_url(msg.subscribe_url.as_deref().unwrap_or_default())
                 .map_err(sns_error)?;
             support
@@ -171,6 +175,7 @@ pub(super) async fn handle(
             }
         }
         SnsType::UnsubscribeConfirmation => {
+            app.limiter.check(tenant, 1).map_err(over_rate)?;
             support
                 .subscriptions
                 .record(&record(SubscriptionState::Unsubscribed, None))

@@ -48,9 +48,6 @@ pub(super) async fn handle(
         return super::sns::handle(&app, &tenant, &headers, body).await;
     }
     let key = super::authenticate(&app, &headers, &tenant).await?;
-    app.limiter
-        .check(&tenant)
-        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let bytes = read_body(&app, body).await?;
     let normalized = verify_and_normalize(
         provider,
@@ -59,7 +56,31 @@ pub(super) async fn handle(
         &key,
         chrono::Utc::now().timestamp(),
     )?;
-    admit(&app, &tenant, provider, normalized).await
+    admit_charged(&app, &tenant, provider, normalized).await
+}
+
+/// Charges an authenticated, verified request to the tenant's rate, one token per alert, after
+/// refusing more alerts than one request may carry; then admits it.
+pub(super) async fn admit_charged(
+    app: &AppState,
+    tenant: &str,
+    provider: Provider,
+    normalized: Normalized,
+) -> Result<Response, ApiError> {
+    let count = match &normalized {
+        Normalized::Alerts(a) => a.len(),
+        Normalized::NotAnAlert { .. } => 1,
+    };
+    if count > app.max_alerts {
+        return Err(ApiError::TooManyAlerts {
+            count,
+            limit: app.max_alerts,
+        });
+    }
+    app.limiter
+        .check(tenant, count)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    admit(app, tenant, provider, normalized).await
 }
 
 /// Reads the body, refusing more than the limit while reading (413).
@@ -80,7 +101,7 @@ pub(super) async fn read_body(app: &AppState, body: Body) -> Result<axum::body::
 }
 
 /// Hands normalised alerts to the ledger and answers 202, 409 or 200 (SPEC §4).
-pub(super) async fn admit(
+async fn admit(
     app: &AppState,
     tenant: &str,
     provider: Provider,

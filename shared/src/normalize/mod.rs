@@ -54,6 +54,10 @@ pub enum Normalized {
 pub struct Context<'a> {
     /// `Sentry-Hook-Resource` header.
     pub sentry_resource: Option<&'a str>,
+    /// A verified signature covers every byte of `root`. Without one, the top-level
+    /// `sourceAlertId` override is ignored and the alerts are marked [`Alert::unsigned`], which
+    /// keeps their dedup keys apart from signed ones (docs/security.md).
+    pub signed: bool,
 }
 
 /// Normalises `root` (the request body, already known to be a JSON object) for `provider`.
@@ -76,9 +80,10 @@ pub fn normalize(
                 "at least one alert (the payload carried none)",
             ));
         }
-        // SPEC §2: a top-level `sourceAlertId` wins over the provider's own id.
+        // A top-level `sourceAlertId` wins over the provider's own id, but only when a signature
+        // covers it: otherwise anyone holding a captured request could aim it at any incident.
         if let Some(id) = str_field(root, "sourceAlertId", "")? {
-            if !id.is_empty() {
+            if !id.is_empty() && ctx.signed {
                 for a in alerts.iter_mut() {
                     a.source_alert_id = id.to_owned();
                 }
@@ -87,7 +92,7 @@ pub fn normalize(
         for (i, a) in alerts.iter_mut().enumerate() {
             // Dedup keys live in table keys (DynamoDB allows 2 KB); a longer id is a mistake.
             if a.source_alert_id.len() > MAX_SOURCE_ALERT_ID_BYTES {
-                let field = if root.contains_key("sourceAlertId") {
+                let field = if ctx.signed && root.contains_key("sourceAlertId") {
                     "sourceAlertId".to_owned()
                 } else {
                     format!("alert {i} id")
@@ -102,6 +107,7 @@ pub fn normalize(
             }
             a.derive_service_environment();
             a.bound_fields();
+            a.unsigned = !ctx.signed;
         }
     }
     Ok(normalized)
@@ -304,6 +310,7 @@ fn alert(source_alert_id: String, status: AlertStatus, title: &str, severity: Se
         tags: BTreeMap::new(),
         links: Vec::new(),
         test: false,
+        unsigned: false,
     };
     a.set_title(title);
     a
@@ -330,21 +337,37 @@ mod tests {
         }
     }
 
+    fn signed() -> Context<'static> {
+        Context {
+            signed: true,
+            ..Context::default()
+        }
+    }
+
     #[test]
-    fn top_level_source_alert_id_wins() {
+    fn top_level_source_alert_id_wins_only_when_signed() {
         let body = obj(json!({"sourceAlertId": "mine", "alert_id": "123", "title": "x"}));
+        let Normalized::Alerts(a) = normalize(Provider::Datadog, &body, signed()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a[0].source_alert_id, "mine");
+        assert!(!a[0].unsigned);
         let Normalized::Alerts(a) =
             normalize(Provider::Datadog, &body, Context::default()).unwrap()
         else {
             panic!()
         };
-        assert_eq!(a[0].source_alert_id, "mine");
+        assert_eq!(
+            a[0].source_alert_id, "123",
+            "an unsigned override is ignored"
+        );
+        assert!(a[0].unsigned);
     }
 
     #[test]
     fn wrong_types_name_the_field() {
         let body = obj(json!({"sourceAlertId": 5, "title": "x", "status": "firing"}));
-        let err = normalize(Provider::Generic, &body, Context::default()).unwrap_err();
+        let err = normalize(Provider::Generic, &body, signed()).unwrap_err();
         assert_eq!(err.field, "sourceAlertId");
         assert!(err.expected.contains("string"), "{err}");
     }

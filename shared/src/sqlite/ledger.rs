@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Db;
-use crate::dedup::{decide, new_incident_id, Decision, DedupConfig, DedupRecord};
+use crate::dedup::{decide, namespace, new_incident_id, Decision, DedupConfig, DedupRecord};
 use crate::error::StoreError;
 use crate::model::{Alert, AlertResult, AlertStatus, Outcome, Provider, QueuedAlert};
 use crate::ports::AlertLedger;
@@ -74,9 +74,11 @@ impl AlertLedger for SqliteLedger {
             .write(move |c| {
                 let now = received_at.timestamp_millis();
                 let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-                let p = provider.as_str();
                 let mut results = Vec::with_capacity(alerts.len());
                 for alert in alerts {
+                    // The `provider` column holds the key's namespace (provider, or unsigned).
+                    let ns = namespace(provider, alert.unsigned);
+                    let p = ns.as_str();
                     let existing = load(c, &tenant, p, &alert.source_alert_id)?;
                     let decision = decide(existing.as_ref(), alert.status, now, new_incident_id);
                     match &decision {

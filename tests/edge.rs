@@ -1,0 +1,266 @@
+//! The public edge as an attacker or a busy sender meets it (docs/security.md): only signed
+//! bytes shape an alert, unsigned ids live apart from signed ones, forged requests spend no
+//! rate, and one request carries a bounded number of alerts.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use causeflow_shared::http::RateLimit;
+use causeflow_shared::ports::KeyAdmin;
+use common::sns_signing::{notification, FakeHttps, SnsSigner};
+use common::{Resp, Server};
+use serde_json::{json, Map, Value};
+
+const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:alarms";
+
+fn signer() -> &'static SnsSigner {
+    static S: OnceLock<SnsSigner> = OnceLock::new();
+    S.get_or_init(SnsSigner::new)
+}
+
+/// A server whose tenant `acme` allow-lists [`TOPIC`].
+async fn sns_server(tweak: impl FnOnce(&mut causeflow_shared::embedded::EmbeddedConfig)) -> Server {
+    let s = Server::start_full(tweak, Some(FakeHttps::new(&signer().cert_pem))).await;
+    s.app
+        .directory
+        .allow_topic("acme", TOPIC, true)
+        .await
+        .unwrap();
+    s
+}
+
+/// A signed notification for alarm `name` in `state`, with `extra` top-level fields added
+/// after signing (SNS signs only its own fields).
+fn alarm(name: &str, state: &str, extra: &[(&str, Value)]) -> Map<String, Value> {
+    let mut env = notification(TOPIC, state, None);
+    let message = env["Message"]
+        .as_str()
+        .unwrap()
+        .replace("api-5xx-rate", name);
+    env.insert("Message".into(), Value::String(message));
+    signer().sign(&mut env, "2");
+    for (k, v) in extra {
+        env.insert((*k).into(), v.clone());
+    }
+    env
+}
+
+fn alarm_arn(name: &str) -> String {
+    format!("arn:aws:cloudwatch:eu-west-1:123456789012:alarm:{name}")
+}
+
+async fn deliver(s: &Server, env: &Map<String, Value>) -> Resp {
+    Resp::from(
+        s.client
+            .post(s.webhook_url("cloudwatch"))
+            .header("content-type", "text/plain; charset=UTF-8")
+            .header("x-amz-sns-message-type", "Notification")
+            .body(Value::Object(env.clone()).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_beside_a_signed_sns_envelope_never_shape_an_alert() {
+    let s = sns_server(|_| {}).await;
+    // A captured signed message with an unsigned override: the alarm's own id stands.
+    let r = deliver(
+        &s,
+        &alarm("db-cpu", "ALARM", &[("sourceAlertId", json!("x"))]),
+    )
+    .await;
+    r.expect(202);
+    assert_eq!(r.json["alerts"][0]["sourceAlertId"], alarm_arn("db-cpu"));
+    let b_incident = r.incident_id();
+    // Replayed with another override: still the same alarm, so a duplicate, not a new incident.
+    let r = deliver(
+        &s,
+        &alarm("db-cpu", "ALARM", &[("sourceAlertId", json!("y"))]),
+    )
+    .await;
+    r.expect(409);
+    // A signed OK for alarm A, aimed at B's incident: it concerns A only.
+    let aimed = [
+        ("sourceAlertId", json!(alarm_arn("db-cpu"))),
+        ("AlarmArn", json!(alarm_arn("db-cpu"))),
+    ];
+    let r = deliver(&s, &alarm("api-latency", "OK", &aimed)).await;
+    r.expect(202);
+    assert_eq!(r.outcome(), "ignored", "{}", r.text);
+    assert_eq!(
+        r.json["alerts"][0]["sourceAlertId"],
+        alarm_arn("api-latency")
+    );
+    let r = deliver(&s, &alarm("db-cpu", "ALARM", &[])).await;
+    r.expect(409);
+    assert_eq!(r.incident_id(), b_incident, "B's incident is still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_requests_never_touch_incidents_that_signed_requests_keyed() {
+    let s = Server::start().await;
+    let grafana = |fp: &str, status: &str| {
+        json!({"receiver": "causeflow", "status": status, "version": "1", "alerts": [
+            {"status": status, "fingerprint": fp, "labels": {"alertname": "HighErrorRate"}, "annotations": {}}
+        ]})
+        .to_string()
+    };
+    let opened = s
+        .post("grafana", grafana("fp1", "firing").as_bytes(), true, &[])
+        .await;
+    opened.expect(202);
+    let oncall_resolve = |extra: Value| {
+        let mut body = json!({
+            "event": {"type": "resolve"},
+            "alert_group": {"id": "fp1", "title": "HighErrorRate", "state": "resolved"},
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body.to_string()
+    };
+    // (b) an OnCall group id equal to the signed fingerprint, (a) a top-level override: both
+    // key-only, so both land in the unsigned namespace, where nothing is open.
+    for extra in [json!({}), json!({"sourceAlertId": "fp1"})] {
+        let r = s
+            .post("grafana", oncall_resolve(extra).as_bytes(), false, &[])
+            .await;
+        r.expect(202);
+        assert_eq!(r.outcome(), "ignored", "{}", r.text);
+    }
+    // Key-only Datadog aimed at the signed generic alert of the same id: another provider.
+    s.generic("shared-id", "firing").await.expect(202);
+    let dd = json!({"alert_id": "shared-id", "title": "x", "alert_transition": "Recovered", "sourceAlertId": "shared-id"});
+    let r = s
+        .post("datadog", dd.to_string().as_bytes(), false, &[])
+        .await;
+    r.expect(202);
+    assert_eq!(r.outcome(), "ignored");
+    // The signed incidents are untouched.
+    s.post("grafana", grafana("fp1", "firing").as_bytes(), true, &[])
+        .await
+        .expect(409);
+    s.generic("shared-id", "firing").await.expect(409);
+    // Unsigned OnCall groups still open and resolve their own incidents.
+    let fire = json!({"event": {"type": "escalation"}, "alert_group": {"id": "fp1", "title": "t"}})
+        .to_string();
+    let r = s.post("grafana", fire.as_bytes(), false, &[]).await;
+    r.expect(202);
+    assert_eq!(r.outcome(), "created");
+    let r = s
+        .post("grafana", oncall_resolve(json!({})).as_bytes(), false, &[])
+        .await;
+    r.expect(202);
+    assert_eq!(r.outcome(), "resolved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_type_header_must_agree_with_the_body_on_the_forwarder_path_too() {
+    let s = Server::start().await;
+    let env = alarm("db-cpu", "ALARM", &[]);
+    let body = Value::Object(env).to_string();
+    let r = s
+        .post(
+            "cloudwatch",
+            body.as_bytes(),
+            true,
+            &[("x-amz-sns-message-type", "SubscriptionConfirmation")],
+        )
+        .await;
+    r.expect(400);
+    assert_eq!(r.code(), "invalid_sns_message");
+    assert_eq!(s.dedup_rows().await, 0);
+    s.post(
+        "cloudwatch",
+        body.as_bytes(),
+        true,
+        &[("x-amz-sns-message-type", "Notification")],
+    )
+    .await
+    .expect(202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_fail_authentication_spend_no_rate() {
+    let limit = RateLimit {
+        per_sec: 0.01,
+        burst: 3.0,
+    };
+    let s = sns_server(|c| c.rate_limit = limit).await;
+    // Forged SNS posts on the allow-listed path: a bad signature, no credentials.
+    for _ in 0..20 {
+        let mut env = alarm("db-cpu", "ALARM", &[]);
+        env.insert("Signature".into(), json!("Zm9yZ2Vk"));
+        deliver(&s, &env).await.expect(401);
+    }
+    // A valid key with a forged signature.
+    let body = json!({"sourceAlertId": "x", "title": "x"}).to_string();
+    for _ in 0..20 {
+        s.post(
+            "generic",
+            body.as_bytes(),
+            false,
+            &[("x-webhook-signature", &"0".repeat(64))],
+        )
+        .await
+        .expect(401);
+    }
+    // The tenant's own alerts still get through.
+    s.generic("real", "firing").await.expect(202);
+    deliver(&s, &alarm("db-cpu", "ALARM", &[]))
+        .await
+        .expect(202);
+}
+
+fn grafana_batch(n: usize, prefix: &str) -> String {
+    let alerts: Vec<Value> = (0..n)
+        .map(|i| json!({"status": "firing", "fingerprint": format!("{prefix}{i}"), "labels": {"alertname": "A"}}))
+        .collect();
+    json!({"receiver": "causeflow", "status": "firing", "version": "1", "alerts": alerts})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_per_request_are_capped_and_charged_one_token_each() {
+    let s = Server::start_with(|c| {
+        c.max_alerts = 5;
+        c.rate_limit = RateLimit {
+            per_sec: 0.01,
+            burst: 8.0,
+        };
+    })
+    .await;
+    let r = s
+        .post("grafana", grafana_batch(6, "a").as_bytes(), true, &[])
+        .await;
+    r.expect(413);
+    assert_eq!(r.code(), "too_many_alerts");
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("Max alerts"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        s.dedup_rows().await,
+        0,
+        "nothing of a refused request is recorded"
+    );
+    let r = s
+        .post("grafana", grafana_batch(5, "b").as_bytes(), true, &[])
+        .await;
+    r.expect(202);
+    assert_eq!(r.json["alerts"].as_array().unwrap().len(), 5);
+    // 5 of 8 tokens spent: another 5 alerts are over the rate, 3 are not.
+    let r = s
+        .post("grafana", grafana_batch(5, "c").as_bytes(), true, &[])
+        .await;
+    r.expect(429);
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    s.post("grafana", grafana_batch(3, "d").as_bytes(), true, &[])
+        .await
+        .expect(202);
+}
