@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use causeflow_shared::auth::sign;
 use causeflow_shared::dedup::DedupConfig;
-use causeflow_shared::embedded::{validate_agent_webhook, Embedded, EmbeddedConfig};
+use causeflow_shared::embedded::{Embedded, EmbeddedConfig};
+use causeflow_shared::http::server::{raise_fd_limit, ServerLimits, RESERVED_FDS};
 use causeflow_shared::http::RateLimit;
 use causeflow_shared::model::{IncidentStatus, Severity};
 use causeflow_shared::policy::{valid_agent_name, AgentOverrides};
@@ -104,6 +105,41 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
+    /// Most alerts one request may carry; more is refused with 413 too_many_alerts.
+    #[arg(long, default_value_t = causeflow_shared::http::DEFAULT_MAX_ALERTS)]
+    max_alerts: usize,
+    /// Longest wait for a request's headers, from its first byte (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Longest a request may take once its headers are in, body included (408 beyond).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog. Default: 1024, or fewer when
+    /// the open-files limit is lower.
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+/// `10s`, `500ms`, `2m` or a number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: use a duration such as 10s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: use a duration such as 10s, 500ms or 2m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?}: out of range"))
 }
 
 #[derive(Subcommand)]
@@ -279,9 +315,6 @@ async fn main() -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(args.log_format == "json");
-    if let Some(url) = &args.agent_webhook {
-        validate_agent_webhook(url).map_err(anyhow::Error::msg)?;
-    }
     let mut config = EmbeddedConfig::new(&args.db.db);
     config.rate_limit = RateLimit {
         per_sec: args.rate_limit,
@@ -293,6 +326,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     config.agent_webhook = args.agent_webhook.clone();
     config.sns_certs = args.sns_certs.clone();
+    config.max_alerts = args.max_alerts;
+    config.limits = ServerLimits {
+        header_timeout: args.header_timeout,
+        request_timeout: args.request_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args
+            .max_connections
+            .unwrap_or(ServerLimits::default().max_connections),
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    // Client sockets, not the default 1024 descriptors, should bound the server.
+    let fds = raise_fd_limit().context("raising the open-files limit")?;
+    let room = usize::try_from(fds.saturating_sub(RESERVED_FDS as u64)).unwrap_or(usize::MAX);
+    match args.max_connections {
+        Some(n) if n > room => bail!(
+            "--max-connections {n} needs more open files than this process may have ({fds}): \
+             lower it to {room} or raise the limit (ulimit -n, systemd LimitNOFILE)"
+        ),
+        Some(_) => {}
+        None if config.limits.max_connections > room => {
+            tracing::warn!(
+                fds,
+                max_connections = room,
+                "few open files allowed: capping connections"
+            );
+            config.limits.max_connections = room.max(1);
+        }
+        None => {}
+    }
     let app =
         Embedded::open(config).with_context(|| format!("opening {}", args.db.db.display()))?;
     let listener = tokio::net::TcpListener::bind(&args.addr)
@@ -301,8 +363,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     // Handlers go in before "listening" is printed, so a signal sent right after is graceful.
     let shutdown = shutdown_signal()?;
-    if let Some(key) = app.bootstrap_demo().await? {
-        print_welcome(&addr.to_string(), &key.api_key, &key.webhook_secret);
+    // Secrets go to a person at a terminal, never into a log (systemd, Docker).
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        if let Some(key) = app.bootstrap_demo().await? {
+            print_welcome(&addr.to_string(), &key.api_key, &key.webhook_secret);
+        }
+    } else if app.directory.is_empty().await? {
+        println!(
+            "No API keys yet. Create one (it is shown once) with:\n  causeflow keys create --tenant demo --name first --db {}",
+            args.db.db.display()
+        );
     }
     println!(
         "causeflow serve: listening on http://{addr} (database {})",

@@ -40,28 +40,63 @@ fn create_key(db: &Path, tenant: &str) -> Value {
 
 /// `causeflow serve` on an ephemeral port; returns the child, its address and its stdout so far.
 /// Callers signal and wait for the child themselves.
-#[allow(clippy::zombie_processes)]
 fn serve(db: &Path, extra: &[&str]) -> (Child, String, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--rate-limit", "0"])
+    serve_with(db, extra, false)
+}
+
+/// A pseudo-terminal: the end to read, and the end to give the child as its stdout.
+fn pty() -> (std::fs::File, Stdio) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two new descriptors, which are owned from here on.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty failed");
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            Stdio::from(OwnedFd::from_raw_fd(slave)),
+        )
+    }
+}
+
+/// Like [`serve`], with stdout on a terminal (as a user starting it by hand) when `tty`.
+#[allow(clippy::zombie_processes)]
+fn serve_with(db: &Path, extra: &[&str], tty: bool) -> (Child, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--rate-limit", "0"])
         .args(extra)
         .arg("--db")
         .arg(db)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+        .stderr(Stdio::null());
+    let (child, reader): (Child, Box<dyn std::io::Read + Send>) = if tty {
+        let (master, slave) = pty();
+        let child = cmd.stdout(slave).spawn().unwrap();
+        (child, Box::new(master))
+    } else {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        (child, Box::new(out))
+    };
+    let mut out = BufReader::new(reader);
     let mut printed = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut line = String::new();
         assert!(
-            out.read_line(&mut line).unwrap() > 0,
+            out.read_line(&mut line).unwrap_or(0) > 0,
             "serve exited early: {printed}"
         );
-        printed.push_str(&line);
+        // A terminal turns "\n" into "\r\n".
+        printed.push_str(&line.replace('\r', ""));
         if let Some(rest) = line.split("listening on http://").nth(1) {
             let addr = rest.split_whitespace().next().unwrap().to_owned();
             // Keep draining stdout so the child never blocks on a full pipe.
@@ -115,7 +150,7 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_prints_a_working_curl_command() {
     let db = db_path();
-    let (mut child, addr, printed) = serve(&db, &[]);
+    let (mut child, addr, printed) = serve_with(&db, &[], true);
     assert!(
         printed.contains("API key:") && printed.contains("Webhook secret:"),
         "{printed}"
@@ -170,8 +205,179 @@ async fn first_start_prints_a_working_curl_command() {
     // A second start does not create another demo key.
     signal(&child, libc::SIGINT);
     assert!(wait_exit(&mut child).success(), "Ctrl-C exits cleanly");
-    let (mut child, _, printed) = serve(&db, &[]);
+    let (mut child, _, printed) = serve_with(&db, &[], true);
     assert!(!printed.contains("API key:"), "{printed}");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_without_a_terminal_prints_no_secret_and_says_how_to_get_a_key() {
+    let db = db_path();
+    // stdout is a pipe, as under systemd or Docker, where it ends up in the log.
+    let (mut child, _, printed) = serve(&db, &[]);
+    assert!(
+        !printed.contains("cf_") && !printed.contains("Webhook secret"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("causeflow keys create --tenant demo"),
+        "{printed}"
+    );
+    let keys = cli(&db, &["keys", "list", "--tenant", "demo", "--json"]);
+    assert_eq!(keys.trim(), "[]", "no key was made that nobody has seen");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn database_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = db_path();
+    create_key(&db, "acme");
+    let (mut child, _, _) = serve(&db, &[]);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", db.display()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+    }
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+    // A file left readable by an older version is tightened on the next open.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    cli(&db, &["keys", "list", "--tenant", "acme"]);
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+/// Exit status and stderr of a `serve` that must refuse to start.
+fn serve_refuses(extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--db"])
+        .arg(db_path())
+        .args(extra)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve {extra:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_at_start() {
+    for (flags, says) in [
+        (&["--rate-limit", "1e-300"][..], "rate limit"),
+        (&["--rate-limit", "NaN"][..], "rate limit"),
+        (
+            &["--rate-limit", "10", "--rate-burst", "0"][..],
+            "rate burst",
+        ),
+        (&["--max-alerts", "0"][..], "--max-alerts"),
+        (&["--header-timeout", "0s"][..], "--header-timeout"),
+        (&["--request-timeout", "9999h"][..], "--request-timeout"),
+        (&["--max-connections", "0"][..], "--max-connections"),
+        (&["--dedup-ttl-hours", "0"][..], "--dedup-ttl-hours"),
+        (&["--agent-webhook", "ftp://x"][..], "--agent-webhook"),
+    ] {
+        let err = serve_refuses(flags);
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+}
+
+/// `causeflow serve` started with a soft open-files limit of `soft` under a hard limit of `hard`.
+#[allow(clippy::zombie_processes)]
+fn serve_with_fd_limit(db: &Path, soft: u64, hard: u64, extra: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "0",
+        "--db",
+    ])
+    .arg(db)
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+/// The `listening on http://…` address a started serve prints.
+fn listening_addr(child: &mut Child) -> String {
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "serve exited early");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            std::thread::spawn(move || for _ in out.lines() {});
+            return rest.split_whitespace().next().unwrap().to_owned();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_is_raised_and_the_cap_keeps_below_it() {
+    let db = db_path();
+    let key = create_key(&db, "acme");
+    // The soft limit is raised to the hard one at start.
+    let mut child = serve_with_fd_limit(&db, 256, 4096, &[]);
+    listening_addr(&mut child);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(line.split_whitespace().nth(3), Some("4096"), "{line}");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+
+    // A cap the limit cannot hold is refused with what to do.
+    let mut child = serve_with_fd_limit(&db, 100, 100, &["--max-connections", "1000"]);
+    assert!(!wait_exit(&mut child).success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("--max-connections") && err.contains("ulimit"),
+        "{err}"
+    );
+
+    // With few descriptors, the default cap shrinks to fit: a flood of idle connections waits
+    // in the backlog instead of exhausting descriptors, and once it goes, senders get through.
+    let mut child = serve_with_fd_limit(&db, 100, 100, &["--header-timeout", "60s"]);
+    let addr = listening_addr(&mut child);
+    let mut flood = Vec::new();
+    // Well beyond the cap (36 here), within the listen backlog.
+    for _ in 0..100 {
+        flood.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    drop(flood);
+    let client = reqwest::Client::new();
+    let r = post(
+        &client,
+        &addr,
+        "acme",
+        &key,
+        r#"{"sourceAlertId":"fd","title":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status(), 202);
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child).success());
 }

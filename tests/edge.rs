@@ -264,3 +264,108 @@ async fn alerts_per_request_are_capped_and_charged_one_token_each() {
         .await
         .expect(202);
 }
+
+/// Reads from `sock` until the server closes it, bounded so that a server that never closes
+/// fails the test instead of hanging it. Returns what the server sent.
+async fn read_until_closed(sock: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn short_limits(c: &mut causeflow_shared::embedded::EmbeddedConfig) {
+    c.limits.header_timeout = std::time::Duration::from_millis(500);
+    c.limits.request_timeout = std::time::Duration::from_millis(800);
+    c.limits.idle_timeout = std::time::Duration::from_millis(700);
+}
+
+async fn connect(s: &Server) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_slow_bodies_and_idle_connections_are_cut() {
+    use tokio::io::AsyncWriteExt;
+    let s = Server::start_with(short_limits).await;
+    // A header line, then nothing: closed once the header timeout runs out.
+    let mut slow_head = connect(&s).await;
+    slow_head
+        .write_all(b"POST /v1/webhooks/acme/generic HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut slow_head).await, "");
+    // Headers, then a body that never completes: 408 problem+json, then closed.
+    let mut slow_body = connect(&s).await;
+    let head = format!(
+        "POST /v1/webhooks/acme/generic HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-API-Key: {}\r\nContent-Length: 100\r\n\r\n{{\"sourceAlertId\":",
+        s.api_key
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut slow_body).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("application/problem+json") && answer.contains("request_timeout"),
+        "{answer}"
+    );
+    // A keep-alive connection that sends nothing more after its answer: closed when idle.
+    let mut idle = connect(&s).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Nothing of the cut requests was recorded, and the server still answers.
+    assert_eq!(s.dedup_rows().await, 0);
+    s.generic("after", "firing").await.expect(202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start_with(|c| {
+        c.limits.max_connections = 2;
+        c.limits.header_timeout = std::time::Duration::from_secs(120);
+        c.limits.idle_timeout = std::time::Duration::from_secs(120);
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(&s).await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c); // kept alive and idle: both slots are taken
+    }
+    let mut third = connect(&s).await; // the kernel's backlog takes it
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "the third connection was served beyond the cap"
+    );
+    drop(held.pop()); // a slot frees up
+    let answer = read_until_closed(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::auth::IssuedKey;
 use crate::dedup::DedupConfig;
 use crate::error::StoreError;
+use crate::http::server::{self, ServerLimits};
 use crate::http::{router, AppState, RateLimit, SnsSupport};
 use crate::ports::KeyAdmin;
 use crate::sns::{CertCache, HttpsGet, ReqwestGet, SubscribeUrlConfirmer};
@@ -38,6 +39,8 @@ pub struct EmbeddedConfig {
     pub sns_certs: Option<PathBuf>,
     /// Alerts one request may carry (413 `too_many_alerts` beyond).
     pub max_alerts: usize,
+    /// Timeouts and the connection cap of the listener.
+    pub limits: ServerLimits,
 }
 
 impl EmbeddedConfig {
@@ -51,7 +54,31 @@ impl EmbeddedConfig {
             retry_base: Duration::from_secs(5),
             sns_certs: None,
             max_alerts: crate::http::DEFAULT_MAX_ALERTS,
+            limits: ServerLimits::default(),
         }
+    }
+
+    /// Refuses settings that cannot work, with a message that says what to use instead; checked
+    /// before anything starts, so a bad flag never surfaces as a panic under load.
+    pub fn validate(&self) -> Result<(), String> {
+        self.rate_limit.validate()?;
+        self.limits.validate()?;
+        if !(1..=100_000).contains(&self.max_alerts) {
+            return Err(format!(
+                "--max-alerts {}: use 1 to 100000 alerts per request",
+                self.max_alerts
+            ));
+        }
+        let hours = self.dedup.ttl.as_secs() / 3600;
+        if self.dedup.ttl.is_zero() || hours > 24 * 366 {
+            return Err(format!(
+                "--dedup-ttl-hours {hours}: use 1 to 8784 hours (one year)"
+            ));
+        }
+        if let Some(url) = &self.agent_webhook {
+            validate_agent_webhook(url)?;
+        }
+        Ok(())
     }
 }
 
@@ -91,6 +118,7 @@ impl Embedded {
         config: EmbeddedConfig,
         https: Arc<dyn HttpsGet>,
     ) -> Result<Embedded, StoreError> {
+        config.validate().map_err(StoreError::Invalid)?;
         let db = Db::open(&config.db_path)?;
         let directory = SqliteDirectory::new(db.clone());
         let incidents = SqliteIncidents::new(db.clone());
@@ -163,9 +191,13 @@ impl Embedded {
 
         let addr: Option<SocketAddr> = listener.local_addr().ok();
         info!(?addr, db = %self.config.db_path.display(), "causeflow serve listening");
-        let served = axum::serve(listener, router(self.state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = server::serve(
+            listener,
+            router(self.state.clone()),
+            self.config.limits,
+            shutdown,
+        )
+        .await;
         let _ = stop_tx.send(true);
         let _ = triage.await;
         if let Some(d) = delivery {

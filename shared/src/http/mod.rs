@@ -3,6 +3,8 @@
 
 mod problem;
 mod ratelimit;
+#[cfg(feature = "embedded")]
+pub mod server;
 mod sns;
 mod webhook;
 

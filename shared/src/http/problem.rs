@@ -32,6 +32,9 @@ pub enum ApiError {
     InvalidPayload(String),
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
+    /// The request (its body included) did not arrive within the server's request timeout.
+    #[error("request timeout")]
+    RequestTimeout(Duration),
     /// The request carries more alerts than one request may (413).
     #[error("too many alerts: {count} > {limit}")]
     TooManyAlerts { count: usize, limit: usize },
@@ -110,6 +113,15 @@ impl ApiError {
                 "payload_too_large",
                 "Payload too large",
                 format!("The body is larger than {limit} bytes: send fewer alerts per request."),
+            ),
+            RequestTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "Request timeout",
+                format!(
+                    "The request did not arrive within {} s; nothing was recorded. Send the whole body at once.",
+                    limit.as_secs_f64()
+                ),
             ),
             TooManyAlerts { count, limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
