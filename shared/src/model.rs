@@ -243,13 +243,13 @@ impl QueuedAlert {
     /// an alert whose JSON is a little larger once wrapped, so the free text gives way first
     /// (the message, then tags and links, then the title); status and severity are never cut.
     pub fn to_queue_body(&self) -> String {
-        let body = serde_json::to_string(self).expect("a queued alert serialises");
+        let body = queue_json(self);
         if body.len() <= MAX_QUEUE_MESSAGE_BYTES {
             return body;
         }
         let mut cut = self.clone();
         loop {
-            let body = serde_json::to_string(&cut).expect("a queued alert serialises");
+            let body = queue_json(&cut);
             if body.len() <= MAX_QUEUE_MESSAGE_BYTES {
                 return body;
             }
@@ -289,6 +289,24 @@ impl QueuedAlert {
             }
         }
     }
+}
+
+/// JSON that SQS accepts as a message body. SQS takes only `#x9 | #xA | #xD | #x20-#xD7FF |
+/// #xE000-#xFFFD | #x10000-#x10FFFF` and refuses the whole message otherwise. serde_json already
+/// escapes the control characters; of what a Rust string can hold, that leaves U+FFFE and
+/// U+FFFF, written here as JSON escapes, which read back as the same characters.
+fn queue_json(msg: &QueuedAlert) -> String {
+    let body = serde_json::to_string(msg).expect("a queued alert serialises");
+    if !body.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return body;
+    }
+    body.replace('\u{FFFE}', "\\ufffe")
+        .replace('\u{FFFF}', "\\uffff")
+}
+
+/// Whether SQS accepts `c` in a message body.
+pub fn sqs_accepts(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
 }
 
 /// `open` or `resolved`.
@@ -400,6 +418,25 @@ mod tests {
         let back: QueuedAlert = serde_json::from_str(&body).unwrap();
         assert_eq!(back.incident_id, "inc_1");
         assert!(back.alert.message.unwrap().ends_with("[truncated]"));
+    }
+
+    #[test]
+    fn queue_bodies_hold_only_characters_sqs_accepts() {
+        let mut a = sample();
+        a.title = "noncharacters \u{FFFE}\u{FFFF} and controls \u{0}\u{1F}\u{7F}".into();
+        a.message = Some("\u{FFFF}".repeat(10));
+        a.tags.insert("k\u{FFFE}".into(), "\u{FFFF}".into());
+        let q = QueuedAlert {
+            tenant_id: "t".into(),
+            provider: Provider::Generic,
+            incident_id: "inc_1".into(),
+            alert: a,
+            received_at: "2026-11-28T00:00:00Z".into(),
+        };
+        let body = q.to_queue_body();
+        assert!(body.chars().all(sqs_accepts), "{body:?}");
+        let back: QueuedAlert = serde_json::from_str(&body).unwrap();
+        assert_eq!(back, q, "escaped, not lost");
     }
 
     #[test]
