@@ -127,6 +127,9 @@ impl Stack {
             .unwrap_or_else(|| panic!("{function} has no Environment.Variables"));
         vars.iter()
             .filter_map(|(k, v)| {
+                if let Some(literal) = v.as_str() {
+                    return Some((k.clone(), literal.to_owned()));
+                }
                 let r = v.get("Ref")?.as_str()?;
                 Some((
                     k.clone(),
@@ -150,6 +153,7 @@ impl Stack {
             subscriptions_table: env["SUBSCRIPTIONS_TABLE"].clone(),
             rate_limit_per_sec: 0.0,
             dedup: DedupConfig::default(),
+            max_alerts: causeflow_shared::http::DEFAULT_MAX_ALERTS,
         }
     }
 
@@ -160,6 +164,8 @@ impl Stack {
             incidents_table: env["INCIDENTS_TABLE"].clone(),
             dispatch_table: env["DISPATCH_TABLE"].clone(),
             agent_topic_arn: env["AGENT_TOPIC_ARN"].clone(),
+            dedup_table: env["DEDUP_TABLE"].clone(),
+            max_receives: env["MAX_RECEIVE_COUNT"].parse().unwrap(),
         }
     }
 
@@ -476,6 +482,12 @@ fn template_environment_matches_the_code() {
     let queue = &t["Resources"]["AlertQueue"]["Properties"];
     assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= 6 * triage_timeout);
     assert_eq!(queue["RedrivePolicy"]["maxReceiveCount"], 5);
+    // Triage releases a dead-lettered alert's key on the same receive SQS gives up on.
+    assert_eq!(
+        t["Resources"]["TriageFunction"]["Properties"]["Environment"]["Variables"]
+            ["MAX_RECEIVE_COUNT"],
+        queue["RedrivePolicy"]["maxReceiveCount"].to_string()
+    );
     let sqs_event = &t["Resources"]["TriageFunction"]["Properties"]["Events"];
     assert!(sqs_event.to_string().contains("ReportBatchItemFailures"));
 }
@@ -646,19 +658,36 @@ async fn twenty_identical_webhooks_make_one_incident_and_a_resolve_releases_the_
         let (app, body) = (app.clone(), body.clone());
         handles.push(tokio::spawn(async move { generic(&app, &body).await }));
     }
+    // Exactly one request claims the key. The others either see it queued (409, naming its
+    // incident) or still pending under the claimant's lease (503: retry), never a second 202.
     let mut statuses = BTreeMap::new();
     let mut ids = std::collections::BTreeSet::new();
     for h in handles {
         let (status, resp) = h.await.unwrap();
         *statuses.entry(status).or_insert(0) += 1;
-        ids.insert(
-            resp["alerts"][0]["incidentId"]
-                .as_str()
-                .unwrap_or("")
-                .to_owned(),
-        );
+        if status != 503 {
+            ids.insert(
+                resp["alerts"][0]["incidentId"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+        }
     }
-    assert_eq!(statuses, BTreeMap::from([(202, 1), (409, 19)]));
+    assert_eq!(statuses.get(&202), Some(&1), "{statuses:?}");
+    assert_eq!(
+        statuses.values().sum::<i32>(),
+        statuses.get(&202).unwrap()
+            + statuses.get(&409).unwrap_or(&0)
+            + statuses.get(&503).unwrap_or(&0),
+        "{statuses:?}"
+    );
+    // The retries of the 503s, once the claim is queued, are duplicates of the same incident.
+    for _ in 0..*statuses.get(&503).unwrap_or(&0) {
+        let (status, resp) = generic(&app, &body).await;
+        assert_eq!(status, 409, "{resp}");
+        ids.insert(resp["alerts"][0]["incidentId"].as_str().unwrap().to_owned());
+    }
     assert_eq!(
         ids.len(),
         1,
@@ -753,7 +782,8 @@ async fn stale_leases_are_taken_over_and_expired_records_release_the_key() {
         (202, Some("inc_from_dead_writer")),
         "{resp}"
     );
-    // A live lease is a request in flight: duplicate.
+    // A live lease is a request in flight (or one that died after its put): retry later,
+    // never a 409 that the sender would count as delivered.
     put(
         "inflight",
         "inc_in_flight",
@@ -765,8 +795,9 @@ async fn stale_leases_are_taken_over_and_expired_records_release_the_key() {
     .unwrap();
     let (status, resp) = generic(&app, &json!({"sourceAlertId": "inflight", "title": "x"})).await;
     assert_eq!(
-        (status, resp["alerts"][0]["incidentId"].as_str()),
-        (409, Some("inc_in_flight"))
+        (status, resp["code"].as_str()),
+        (503, Some("unavailable")),
+        "{resp}"
     );
     // Expired (TTL not yet swept, as in the emulator): a new incident.
     put("old", "inc_expired", false, 0, now - 1).await.unwrap();
@@ -1047,4 +1078,288 @@ async fn cli_manages_keys_and_topics_in_the_stack_tables() {
         .topic_allowed("acme", "arn:aws:sns:eu-west-1:123456789012:other")
         .await
         .unwrap());
+}
+
+/// Counts the AWS API calls made through the clients it is installed on.
+#[derive(Debug, Default, Clone)]
+struct CallCounter(Arc<std::sync::atomic::AtomicUsize>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "CallCounter"
+    }
+    fn read_before_execution(
+        &self,
+        _: &aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The DynamoDB ledger of this stack, held directly (for its test hook), and a router over it;
+/// `calls` counts the ledger's AWS calls.
+fn ledger_and_router(
+    stack: &Stack,
+    calls: &CallCounter,
+) -> (Arc<causeflow_shared::aws::DynamoLedger>, axum::Router) {
+    let config = stack.ingest_config();
+    let ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&stack.sdk)
+            .interceptor(calls.clone())
+            .build(),
+    );
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&stack.sdk)
+            .interceptor(calls.clone())
+            .build(),
+    );
+    let ledger = Arc::new(causeflow_shared::aws::DynamoLedger::new(
+        ddb,
+        sqs,
+        &config.dedup_table,
+        &config.alert_queue_url,
+        config.dedup,
+    ));
+    let state = causeflow_shared::http::AppState::new(
+        Arc::new(causeflow_shared::aws::DynamoDirectory::new(
+            stack.ddb.clone(),
+            &config.keys_table,
+            &config.tenants_table,
+        )),
+        ledger.clone(),
+        Arc::new(causeflow_shared::aws::DynamoIncidents::new(
+            stack.ddb.clone(),
+            &config.incidents_table,
+        )),
+        causeflow_shared::http::RateLimit {
+            per_sec: 0.0,
+            burst: 0.0,
+        },
+    );
+    (ledger, router(Arc::new(state)))
+}
+
+fn generic_alert(id: &str) -> causeflow_shared::model::Alert {
+    use causeflow_shared::model::{Alert, AlertStatus, Severity};
+    Alert {
+        source_alert_id: id.into(),
+        status: AlertStatus::Firing,
+        title: "x".into(),
+        title_truncated: false,
+        message: None,
+        severity: Severity::High,
+        service: None,
+        environment: None,
+        tags: Default::default(),
+        links: vec![],
+        test: false,
+        unsigned: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_writer_died_is_retried_not_answered_409() {
+    use causeflow_shared::error::StoreError;
+    use causeflow_shared::model::Provider;
+    use causeflow_shared::ports::AlertLedger;
+    let stack = Stack::create().await;
+    let _ = stack.ingest().await; // stores the development key
+    let (ledger, app) = ledger_and_router(&stack, &CallCounter::default());
+    let t0 = chrono::Utc::now();
+    let alert = [generic_alert("dies")];
+    // The invocation dies between its conditional put and its SQS send.
+    let crash = ledger.crash_after_claim();
+    crash.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(ledger
+        .admit("demo", Provider::Generic, &alert, t0)
+        .await
+        .is_err());
+    crash.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        stack.drain(&stack.refs["AlertQueue"]).await.len(),
+        0,
+        "nothing was queued"
+    );
+    // The sender retries a second later: 503 with the lease's remaining time, never a 409.
+    let retry = t0 + chrono::Duration::seconds(1);
+    match ledger.admit("demo", Provider::Generic, &alert, retry).await {
+        Err(StoreError::InFlight { retry_after }) => {
+            assert!(
+                retry_after > std::time::Duration::from_secs(13),
+                "{retry_after:?}"
+            );
+            assert!(
+                retry_after <= std::time::Duration::from_secs(14),
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("expected in-flight, got {other:?}"),
+    }
+    let (status, resp) = generic(&app, &json!({"sourceAlertId": "dies", "title": "x"})).await;
+    assert_eq!(
+        (status, resp["code"].as_str()),
+        (503, Some("unavailable")),
+        "{resp}"
+    );
+    // Once the lease has run out the retry takes the claim over and queues the alert.
+    let later = t0 + chrono::Duration::seconds(16);
+    let results = ledger
+        .admit("demo", Provider::Generic, &alert, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        results[0].outcome,
+        causeflow_shared::model::Outcome::Created
+    );
+    let queued = stack.drain(&stack.refs["AlertQueue"]).await;
+    assert_eq!(queued.len(), 1);
+    assert!(queued[0].contains(results[0].incident_id.as_deref().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_request_is_admitted_with_batched_calls() {
+    let stack = Stack::create().await;
+    let _ = stack.ingest().await; // stores the development key
+    let calls = CallCounter::default();
+    let (_, app) = ledger_and_router(&stack, &calls);
+    let cap = causeflow_shared::http::DEFAULT_MAX_ALERTS;
+    // Every alert of a full request, with repeats of one fingerprint and text SQS would refuse.
+    let mut alerts: Vec<Value> = (0..cap - 2)
+        .map(|i| json!({"status": "firing", "fingerprint": format!("fp{i}"), "labels": {"alertname": format!("A{i}")},
+                         "annotations": {"summary": "noncharacters \u{FFFE}\u{FFFF}"}}))
+        .collect();
+    alerts.push(json!({"status": "resolved", "fingerprint": "fp0", "labels": {}}));
+    alerts.push(json!({"status": "firing", "fingerprint": "fp0", "labels": {}}));
+    let body =
+        json!({"receiver": "causeflow", "status": "firing", "version": "1", "alerts": alerts})
+            .to_string();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/webhooks/demo/grafana")
+        .header("content-type", "application/json")
+        .header("x-api-key", DEV_API_KEY)
+        .header(
+            "x-webhook-signature",
+            sign(DEV_WEBHOOK_SECRET, &[body.as_bytes()]),
+        )
+        .body(lambda_http::Body::from(body.clone()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, resp) = call(&app, req).await;
+    let full = started.elapsed();
+    let full_calls = calls.0.swap(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status, 202, "{resp}");
+    let outcomes: Vec<&str> = resp["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), cap);
+    assert!(outcomes[..cap - 2].iter().all(|o| *o == "created"));
+    // In request order: fp0 opened, resolved, and opened again.
+    assert_eq!(&outcomes[cap - 2..], ["resolved", "created"]);
+    assert_ne!(
+        resp["alerts"][0]["incidentId"],
+        resp["alerts"][cap - 1]["incidentId"]
+    );
+    let queued = stack.drain(&stack.refs["AlertQueue"]).await;
+    assert_eq!(
+        queued.len(),
+        cap,
+        "every firing and the resolve were queued"
+    );
+    assert!(queued
+        .iter()
+        .all(|b| b.chars().all(causeflow_shared::model::sqs_accepts)));
+    // A one-alert request on the same emulator, as the baseline of the figure.
+    let started = std::time::Instant::now();
+    let (status, _) = generic(&app, &json!({"sourceAlertId": "one", "title": "x"})).await;
+    let one = started.elapsed();
+    assert_eq!(status, 202);
+    let one_calls = calls.0.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "admission against the emulator: {cap} alerts in {:.0} ms with {full_calls} AWS calls; \
+         1 alert in {:.1} ms with {one_calls} calls",
+        full.as_secs_f64() * 1000.0,
+        one.as_secs_f64() * 1000.0,
+    );
+    // Batched: reads by 100, claims and marks by 100 in transactions, sends by 10, so the
+    // call count grows with a tenth of the alerts, not four times them.
+    assert!(full_calls <= cap / 4, "{full_calls} calls for {cap} alerts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_that_fails_its_last_receive_releases_its_key() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    let stack = Stack::create().await;
+    let app = stack.ingest().await;
+    let body = json!({"sourceAlertId": "doomed", "title": "x"});
+    let (status, first) = generic(&app, &body).await;
+    assert_eq!(status, 202);
+    // Triage that cannot write incidents (its table is gone): every receive fails.
+    let mut broken = stack.triage_config();
+    broken.incidents_table = "missing-table".into();
+    let broken = triage(&stack.sdk, &broken);
+    let queue = &stack.refs["AlertQueue"];
+    let mut receives = 0;
+    loop {
+        let msgs = stack
+            .sqs
+            .receive_message()
+            .queue_url(queue)
+            .visibility_timeout(0)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if msgs.is_empty() {
+            break;
+        }
+        receives += 1;
+        let mut event = sqs_event(
+            msgs.iter()
+                .map(|m| (m.message_id.clone().unwrap(), m.body.clone().unwrap())),
+        );
+        for (record, m) in event.records.iter_mut().zip(&msgs) {
+            let count = m.attributes.as_ref().unwrap()
+                [&MessageSystemAttributeName::ApproximateReceiveCount]
+                .clone();
+            record
+                .attributes
+                .insert("ApproximateReceiveCount".into(), count);
+        }
+        assert_eq!(
+            ::triage::handle(event, &broken)
+                .await
+                .batch_item_failures
+                .len(),
+            1
+        );
+        // Until the last receive the key stands: a new firing is a duplicate.
+        if receives < 5 {
+            assert_eq!(generic(&app, &body).await.0, 409);
+        }
+        assert!(receives <= 5, "never dead-lettered");
+    }
+    assert_eq!(receives, 5);
+    assert_eq!(
+        stack.drain(&stack.refs["AlertDeadLetterQueue"]).await.len(),
+        1
+    );
+    // The key went with it: the next firing opens a new incident instead of a 409 naming one
+    // that never existed.
+    let (status, again) = generic(&app, &body).await;
+    assert_eq!(
+        (status, again["alerts"][0]["outcome"].as_str()),
+        (202, Some("created"))
+    );
+    assert_ne!(
+        again["alerts"][0]["incidentId"],
+        first["alerts"][0]["incidentId"]
+    );
 }

@@ -276,14 +276,17 @@ async fn poison_messages_fail_alone_and_dead_letter_after_five_receives() {
             QueueRecord {
                 id: "1".into(),
                 body: "{not json".into(),
+                receive_count: 1,
             },
             QueueRecord {
                 id: "2".into(),
                 body: good.to_string(),
+                receive_count: 1,
             },
             QueueRecord {
                 id: "3".into(),
                 body: "{\"tenantId\": 5}".into(),
+                receive_count: 1,
             },
         ])
         .await;

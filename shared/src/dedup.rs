@@ -51,6 +51,14 @@ pub enum Decision {
     Create { incident_id: String },
     /// Answer with the open incident; write nothing.
     Duplicate { incident_id: String },
+    /// Another request claimed the key and has not yet marked it queued, and its lease is live:
+    /// it is in flight, or it died between its claim and its send. Answered 503 with the
+    /// lease's remaining time, never 409: senders count a 409 as delivered, and if that request
+    /// died the alert would be lost. After the lease a retry takes the claim over.
+    InFlight {
+        incident_id: String,
+        retry_after: Duration,
+    },
     /// Queue the resolve and release the key.
     Resolve { incident_id: String },
     /// Nothing to do (resolve without an open incident, or a state the product ignores).
@@ -65,6 +73,8 @@ impl Decision {
         match self {
             Decision::Create { incident_id } => (Outcome::Created, Some(incident_id)),
             Decision::Duplicate { incident_id } => (Outcome::Duplicate, Some(incident_id)),
+            // Never reported: the ledgers answer it with 503.
+            Decision::InFlight { incident_id, .. } => (Outcome::Duplicate, Some(incident_id)),
             Decision::Resolve { incident_id } => (Outcome::Resolved, Some(incident_id)),
             Decision::Ignore => (Outcome::Ignored, None),
             Decision::Acknowledge => (Outcome::Acknowledged, None),
@@ -88,6 +98,10 @@ pub fn decide(
     match (status, live) {
         (AlertStatus::Acknowledged, _) => Decision::Acknowledge,
         (AlertStatus::Ignored, _) => Decision::Ignore,
+        (AlertStatus::Firing, Some(r)) if r.pending => Decision::InFlight {
+            incident_id: r.incident_id.clone(),
+            retry_after: Duration::from_millis((r.lease_until_ms - now_ms).max(0) as u64),
+        },
         (AlertStatus::Firing, Some(r)) => Decision::Duplicate {
             incident_id: r.incident_id.clone(),
         },
@@ -169,12 +183,14 @@ mod tests {
             }
         );
         assert_eq!(decide(Some(&open), Resolved, 100, new), Decision::Ignore);
-        // A live pending lease is a concurrent request in flight; a stale one is taken over.
+        // A live pending lease is a request in flight (or one that died mid-way): retry when
+        // it runs out, never a 409; a stale one is taken over.
         let pending = rec(true, 10, 100);
         assert_eq!(
             decide(Some(&pending), Firing, 5, new),
-            Decision::Duplicate {
-                incident_id: "inc_1".into()
+            Decision::InFlight {
+                incident_id: "inc_1".into(),
+                retry_after: Duration::from_millis(5),
             }
         );
         assert_eq!(

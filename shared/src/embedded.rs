@@ -126,7 +126,7 @@ impl Embedded {
         let ledger = SqliteLedger::new(db.clone(), config.dedup);
         let mut state = AppState::new(
             Arc::new(directory.clone()),
-            Arc::new(ledger),
+            Arc::new(ledger.clone()),
             Arc::new(incidents.clone()),
             config.rate_limit,
         );
@@ -146,6 +146,8 @@ impl Embedded {
             incidents: Arc::new(incidents.clone()),
             directory: Arc::new(directory.clone()),
             dispatcher: Arc::new(dispatcher.clone()),
+            keys: Arc::new(ledger.clone()),
+            max_receives: crate::triage::MAX_RECEIVES,
         };
         Ok(Embedded {
             queue: SqliteQueue::new(db.clone()),

@@ -6,6 +6,9 @@ pub enum StoreError {
     /// The store cannot be reached or refused the write: the caller may retry later (503).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Another request holds the alert's key under a live lease: retry after `retry_after`.
+    #[error("alert in flight; retry after {retry_after:?}")]
+    InFlight { retry_after: std::time::Duration },
     /// The named record does not exist (management commands).
     #[error("not found: {0}")]
     NotFound(String),

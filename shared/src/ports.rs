@@ -49,6 +49,14 @@ pub trait AlertLedger: Send + Sync {
     ) -> Result<Vec<AlertResult>, StoreError>;
 }
 
+/// Gives up the dedup key of an alert that triage could not process, so the next firing opens a
+/// new incident instead of a 409 naming one that never existed.
+#[async_trait]
+pub trait KeyRelease: Send + Sync {
+    /// Deletes the key of `msg`'s alert if it still names `msg`'s incident.
+    async fn release(&self, msg: &crate::model::QueuedAlert) -> Result<(), StoreError>;
+}
+
 /// Incidents, written by triage and read by the API.
 #[async_trait]
 pub trait IncidentStore: Send + Sync {

@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::model::{
     AlertStatus, AlertSummary, DispatchTask, Incident, IncidentStatus, QueuedAlert, TaskKind,
 };
-use crate::ports::{Directory, Dispatcher, IncidentStore};
+use crate::ports::{Directory, Dispatcher, IncidentStore, KeyRelease};
 
 /// Why one queued message could not be triaged.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,14 @@ pub struct QueueRecord {
     /// SQS message id or the embedded queue's row id; reported back on failure.
     pub id: String,
     pub body: String,
+    /// How many times the message has been received, this time included (SQS's
+    /// `ApproximateReceiveCount`).
+    pub receive_count: u32,
 }
+
+/// Receives after which a message goes to the dead-letter queue (the queue's
+/// `maxReceiveCount`, 5 in `template.yaml` and the embedded queue).
+pub const MAX_RECEIVES: u32 = 5;
 
 /// The triage step, wired to its ports.
 #[derive(Clone)]
@@ -38,6 +45,10 @@ pub struct Triage {
     pub incidents: Arc<dyn IncidentStore>,
     pub directory: Arc<dyn Directory>,
     pub dispatcher: Arc<dyn Dispatcher>,
+    /// Releases the key of a firing alert that fails its last receive.
+    pub keys: Arc<dyn KeyRelease>,
+    /// The queue's `maxReceiveCount`.
+    pub max_receives: u32,
 }
 
 impl Triage {
@@ -50,10 +61,13 @@ impl Triage {
             let this = self.clone();
             let id = rec.id.clone();
             let handle = set.spawn(async move {
-                match serde_json::from_str::<QueuedAlert>(&rec.body) {
-                    Ok(msg) => this.process(&msg).await,
-                    Err(e) => Err(TriageError::Malformed(e.to_string())),
+                let msg = serde_json::from_str::<QueuedAlert>(&rec.body)
+                    .map_err(|e| TriageError::Malformed(e.to_string()))?;
+                let result = this.process(&msg).await;
+                if result.is_err() && rec.receive_count >= this.max_receives {
+                    this.give_up(&msg).await;
                 }
+                result
             });
             ids.insert(handle.id(), id);
         }
@@ -71,6 +85,21 @@ impl Triage {
             }
         }
         failed
+    }
+
+    /// A firing alert failed its last receive and goes to the dead-letter queue: release its
+    /// key, or every new firing would get a 409 naming an incident that never opened until the
+    /// key expired. `causeflow dead-letters redrive` replays it after a fix.
+    async fn give_up(&self, msg: &QueuedAlert) {
+        if msg.alert.status != AlertStatus::Firing {
+            return;
+        }
+        match self.keys.release(msg).await {
+            Ok(()) => warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                            "alert dead-lettered after its last receive; its dedup key is released"),
+            Err(e) => warn!(tenant = %msg.tenant_id, incident = %msg.incident_id, error = %e,
+                            "alert dead-lettered; releasing its dedup key failed (it expires with its TTL)"),
+        }
     }
 
     /// Records the incident and dispatches (or cancels) its agents.

@@ -11,6 +11,11 @@ pub async fn handle(event: SqsEvent, triage: &Triage) -> SqsBatchResponse {
         .records
         .into_iter()
         .map(|r| QueueRecord {
+            receive_count: r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1),
             id: r.message_id.unwrap_or_default(),
             body: r.body.unwrap_or_default(),
         })

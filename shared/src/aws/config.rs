@@ -44,11 +44,14 @@ pub struct IngestConfig {
     pub subscriptions_table: String,
     pub rate_limit_per_sec: f64,
     pub dedup: DedupConfig,
+    /// Alerts one request may carry.
+    pub max_alerts: usize,
 }
 
 impl IngestConfig {
     /// The variables this function reads (checked against `template.yaml` by the tests).
-    pub const VARIABLES: [&'static str; 8] = [
+    pub const VARIABLES: [&'static str; 9] = [
+        "MAX_ALERTS_PER_REQUEST",
         "KEYS_TABLE",
         "SUBSCRIPTIONS_TABLE",
         "TENANTS_TABLE",
@@ -60,7 +63,7 @@ impl IngestConfig {
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(IngestConfig {
+        let config = IngestConfig {
             keys_table: required("KEYS_TABLE")?,
             tenants_table: required("TENANTS_TABLE")?,
             dedup_table: required("DEDUP_TABLE")?,
@@ -69,10 +72,45 @@ impl IngestConfig {
             subscriptions_table: required("SUBSCRIPTIONS_TABLE")?,
             rate_limit_per_sec: number("RATE_LIMIT_PER_SEC", 100.0)?,
             dedup: DedupConfig {
-                ttl: Duration::from_secs_f64(number("DEDUP_TTL_HOURS", 168.0)? * 3600.0),
+                ttl: Duration::try_from_secs_f64(number("DEDUP_TTL_HOURS", 168.0)? * 3600.0)
+                    .map_err(|e| ConfigError {
+                        name: "DEDUP_TTL_HOURS",
+                        problem: e.to_string(),
+                    })?,
                 ..DedupConfig::default()
             },
-        })
+            max_alerts: number(
+                "MAX_ALERTS_PER_REQUEST",
+                crate::http::DEFAULT_MAX_ALERTS as f64,
+            )? as usize,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that cannot work, at init rather than as a panic under load.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let rate = crate::http::RateLimit {
+            per_sec: self.rate_limit_per_sec,
+            burst: self.rate_limit_per_sec * 2.0,
+        };
+        rate.validate().map_err(|problem| ConfigError {
+            name: "RATE_LIMIT_PER_SEC",
+            problem,
+        })?;
+        if !(1..=100_000).contains(&self.max_alerts) {
+            return Err(ConfigError {
+                name: "MAX_ALERTS_PER_REQUEST",
+                problem: format!("{}: use 1 to 100000", self.max_alerts),
+            });
+        }
+        if self.dedup.ttl.is_zero() {
+            return Err(ConfigError {
+                name: "DEDUP_TTL_HOURS",
+                problem: "use a positive number of hours".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -83,15 +121,21 @@ pub struct TriageConfig {
     pub incidents_table: String,
     pub dispatch_table: String,
     pub agent_topic_arn: String,
+    /// Where a dead-lettered alert's key is released.
+    pub dedup_table: String,
+    /// The alert queue's `maxReceiveCount`: a message failing this receive is dead-lettered.
+    pub max_receives: u32,
 }
 
 impl TriageConfig {
     /// The variables this function reads (checked against `template.yaml` by the tests).
-    pub const VARIABLES: [&'static str; 4] = [
+    pub const VARIABLES: [&'static str; 6] = [
         "TENANTS_TABLE",
         "INCIDENTS_TABLE",
         "DISPATCH_TABLE",
         "AGENT_TOPIC_ARN",
+        "DEDUP_TABLE",
+        "MAX_RECEIVE_COUNT",
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -100,6 +144,8 @@ impl TriageConfig {
             incidents_table: required("INCIDENTS_TABLE")?,
             dispatch_table: required("DISPATCH_TABLE")?,
             agent_topic_arn: required("AGENT_TOPIC_ARN")?,
+            dedup_table: required("DEDUP_TABLE")?,
+            max_receives: number("MAX_RECEIVE_COUNT", crate::triage::MAX_RECEIVES as f64)? as u32,
         })
     }
 }

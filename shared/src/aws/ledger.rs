@@ -1,31 +1,68 @@
-//! The dedup lifecycle on DynamoDB + SQS (SPEC §5). A firing alert claims its key with one
-//! conditional put (absent, expired, or a stale pending lease), is sent to SQS, then marked
-//! queued; if the send fails the pending record is removed and the answer is 503. A resolve is
-//! queued before its record is deleted, so a failure never loses it.
+//! The dedup lifecycle on DynamoDB + SQS (docs/architecture.md). A request's alerts are admitted
+//! with batched calls, so a full request fits well within the ingest function's timeout:
+//!
+//! 1. one consistent `BatchGetItem` per 100 keys reads the alerts' dedup records;
+//! 2. each new incident claims its key with one conditional put (absent, expired, or a pending
+//!    lease that ran out), side by side;
+//! 3. the claimed alerts and the resolves go to SQS in `SendMessageBatch` calls of up to ten;
+//! 4. the claims are marked queued, and resolved keys are released.
+//!
+//! A claim whose send fails is released and answered 503, so the sender's retry succeeds. A
+//! resolve is queued before its record is deleted, so a failure never loses it. A claim still
+//! pending under a live lease belongs to a request in flight (or one that died after its put):
+//! it is answered 503 with the lease's remaining time, never 409, which senders count as
+//! delivered.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure as OnFail;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure as OnFail,
+};
 use aws_sdk_dynamodb::Client as Ddb;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client as Sqs;
 use tracing::warn;
 
 use super::item::{get_bool, get_n, get_s, n, s, unavailable, Item};
-use crate::dedup::{decide, new_incident_id, Decision, DedupConfig, DedupRecord};
+use crate::dedup::{decide, namespace, new_incident_id, Decision, DedupConfig, DedupRecord};
 use crate::error::StoreError;
 use crate::model::{Alert, AlertResult, AlertStatus, Provider, QueuedAlert};
-use crate::ports::AlertLedger;
+use crate::ports::{AlertLedger, KeyRelease};
 
-/// How many alerts of one request are handled at once.
-const PARALLEL_ALERTS: usize = 16;
+/// Conditional writes of one request in flight at once.
+const PARALLEL_WRITES: usize = 32;
+/// Keys per `BatchGetItem` (DynamoDB's limit).
+const BATCH_GET_KEYS: usize = 100;
+/// Entries per `SendMessageBatch` (SQS's limit) ...
+const SEND_BATCH_ENTRIES: usize = 10;
+/// ... and bytes of message bodies per call (SQS's limit on a batch's total payload).
+const SEND_BATCH_BYTES: usize = 256 * 1024;
+/// Updates per `TransactWriteItems` (DynamoDB's limit).
+const TRANSACT_ITEMS: usize = 100;
+/// Rounds of `UnprocessedKeys` retried before the request is answered 503.
+const BATCH_GET_ROUNDS: usize = 5;
 
 /// [`AlertLedger`] on the dedup table and the alert queue.
 #[derive(Clone)]
 pub struct DynamoLedger {
-    ddb: Ddb,
+    keys: DynamoDedupKeys,
     sqs: Sqs,
-    table: String,
     queue_url: String,
     config: DedupConfig,
+    crash_after_claim: Arc<AtomicBool>,
+}
+
+/// The dedup table's keys alone: what releasing a dead-lettered alert's key needs (triage has
+/// no business with the queue).
+#[derive(Clone)]
+pub struct DynamoDedupKeys {
+    ddb: Ddb,
+    table: String,
 }
 
 fn record(item: &Item) -> Option<DedupRecord> {
@@ -43,185 +80,577 @@ pub fn dedup_pk(tenant: &str, namespace: &str, source_alert_id: &str) -> String 
     format!("{tenant}#{namespace}#{source_alert_id}")
 }
 
-impl DynamoLedger {
-    pub fn new(ddb: Ddb, sqs: Sqs, table: &str, queue_url: &str, config: DedupConfig) -> Self {
-        DynamoLedger {
+/// A key may be claimed when it is free, expired, or pending under a lease that ran out.
+const CLAIM_CONDITION: &str =
+    "attribute_not_exists(pk) OR expiresAt <= :now OR (pending = :yes AND leaseUntil <= :now)";
+
+/// What a claim that lost to the record `old` answers.
+fn held(old: Option<&Item>, now: i64) -> Result<Option<Decision>, StoreError> {
+    let current = old.and_then(record);
+    match decide(current.as_ref(), AlertStatus::Firing, now, new_incident_id) {
+        // Changed between the read and the put: let the sender retry.
+        Decision::Create { .. } => Err(StoreError::Unavailable(
+            "dedup record changed concurrently".into(),
+        )),
+        d => Ok(Some(d)),
+    }
+}
+
+/// Runs `f` over `items` with at most [`PARALLEL_WRITES`] at once; results in input order.
+async fn bounded<T, R, F, Fut>(items: Vec<T>, f: F) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL_WRITES));
+    let mut set = tokio::task::JoinSet::new();
+    let count = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        let (limit, fut) = (limit.clone(), f(item));
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("never closed");
+            (i, fut.await)
+        });
+    }
+    let mut out: Vec<Option<R>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, r)) => out[i] = Some(r),
+            // The futures do not panic; if one did, its slot stays empty and the caller answers
+            // 503 for it.
+            Err(e) => warn!(error = %e, "a dedup write task failed"),
+        }
+    }
+    out.into_iter().flatten().collect()
+}
+
+/// One alert of the request on its way through admission.
+struct Pending {
+    index: usize,
+    pk: String,
+    msg: QueuedAlert,
+}
+
+impl DynamoDedupKeys {
+    pub fn new(ddb: Ddb, table: &str) -> Self {
+        DynamoDedupKeys {
             ddb,
-            sqs,
             table: table.to_owned(),
-            queue_url: queue_url.to_owned(),
-            config,
         }
     }
 
-    async fn send(&self, msg: &QueuedAlert) -> Result<(), StoreError> {
-        self.sqs
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(msg.to_queue_body())
-            .send()
-            .await
-            .map_err(|e| unavailable("send to the alert queue", e))?;
-        Ok(())
+    /// Reads the records of `pks` with consistent reads, 100 keys a call.
+    async fn read(&self, pks: &[String]) -> Result<HashMap<String, DedupRecord>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in pks.chunks(BATCH_GET_KEYS) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|pk| HashMap::from([("pk".to_owned(), s(pk))]))
+                .collect();
+            for round in 0..BATCH_GET_ROUNDS {
+                if keys.is_empty() {
+                    break;
+                }
+                if round > 0 {
+                    // DynamoDB hands back what it could not read when throttled: back off.
+                    tokio::time::sleep(Duration::from_millis(20 << round)).await;
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| unavailable("batch get dedup records", e))?;
+                let out = self
+                    .ddb
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("batch get dedup records", e))?;
+                for item in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default()
+                {
+                    if let (Some(pk), Some(r)) = (get_s(&item, "pk"), record(&item)) {
+                        found.insert(pk, r);
+                    }
+                }
+                keys = out
+                    .unprocessed_keys
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+            }
+            if !keys.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "dedup records could not be read (throttled)".into(),
+                ));
+            }
+        }
+        Ok(found)
     }
 
-    async fn get(&self, pk: &str) -> Result<Option<Item>, StoreError> {
-        Ok(self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("get dedup record", e))?
-            .item)
-    }
-
-    /// Opens an incident for a firing alert, or reports the open one.
-    async fn fire(
+    /// Deletes the record of `pk` if it still names `incident_id` (and, with `pending_only`,
+    /// only while it is pending). A record that moved on is left alone.
+    async fn delete(
         &self,
         pk: &str,
-        msg: &mut QueuedAlert,
-        now: i64,
-    ) -> Result<Decision, StoreError> {
-        let ttl_ms = self.config.ttl.as_millis() as i64;
-        let lease_ms = self.config.lease.as_millis() as i64;
-        // A stale pending record was never confirmed queued: the retry finishes its job under
-        // its incident id, which the sender may already have been told and triage recorded.
-        let existing = self.get(pk).await?.as_ref().and_then(record);
-        match decide(existing.as_ref(), AlertStatus::Firing, now, || {
-            msg.incident_id.clone()
-        }) {
-            Decision::Create { incident_id } => msg.incident_id = incident_id,
-            other => return Ok(other),
-        }
-        let yes = aws_sdk_dynamodb::types::AttributeValue::Bool(true);
-        // The one conditional put that decides who owns the key.
-        let claimed = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(pk))
-            .item("incidentId", s(&msg.incident_id))
-            .item("pending", yes.clone())
-            .item("leaseUntil", n(now + lease_ms))
-            .item("expiresAt", n(now + ttl_ms))
-            // DynamoDB's TTL deletes expired records eventually; `expiresAt` decides at once.
-            .item("ttl", n((now + ttl_ms) / 1000 + 1))
-            .condition_expression(
-                "attribute_not_exists(pk) OR expiresAt <= :now OR (pending = :yes AND leaseUntil <= :now)",
-            )
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":yes", yes)
-            .return_values_on_condition_check_failure(OnFail::AllOld)
-            .send()
-            .await;
-        if let Err(e) = claimed {
-            let old = match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                    c.item.clone()
-                }
-                _ => return Err(unavailable("claim dedup record", e)),
-            };
-            let old = match old {
-                Some(i) => Some(i),
-                None => self.get(pk).await?,
-            };
-            let current = old.as_ref().and_then(record);
-            return match decide(current.as_ref(), AlertStatus::Firing, now, new_incident_id) {
-                // Changed between the read and the put: let the sender retry.
-                Decision::Create { .. } => Err(StoreError::Unavailable(
-                    "dedup record changed concurrently".into(),
-                )),
-                d => Ok(d),
-            };
-        }
-        // The key is ours: from here on, any failure releases it before answering 503.
-        if let Err(e) = self.send(msg).await {
-            self.release(pk, &msg.incident_id).await;
-            return Err(e);
-        }
-        let marked = self
-            .ddb
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression("SET pending = :no")
-            .condition_expression("incidentId = :id")
-            .expression_attribute_values(":id", s(&msg.incident_id))
-            .expression_attribute_values(
-                ":no",
-                aws_sdk_dynamodb::types::AttributeValue::Bool(false),
-            )
-            .send()
-            .await;
-        if let Err(e) = marked {
-            // The alert is queued, so it is acknowledged. A record left pending is taken over
-            // after its lease under the same incident id, and a resolve still resolves it.
-            warn!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "marking the dedup record queued failed");
-        }
-        Ok(Decision::Create {
-            incident_id: msg.incident_id.clone(),
-        })
-    }
-
-    /// Gives up a claim that could not be queued, so the sender's retry is not a duplicate.
-    async fn release(&self, pk: &str, incident_id: &str) {
-        let yes = aws_sdk_dynamodb::types::AttributeValue::Bool(true);
-        let deleted = self
+        incident_id: &str,
+        pending_only: bool,
+    ) -> Result<(), StoreError> {
+        let mut req = self
             .ddb
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .condition_expression("incidentId = :id AND pending = :yes")
-            .expression_attribute_values(":id", s(incident_id))
-            .expression_attribute_values(":yes", yes)
-            .send()
-            .await;
-        if let Err(e) = deleted {
-            warn!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                  "releasing the pending record failed; a retry takes it over when its lease ends");
+            .expression_attribute_values(":id", s(incident_id));
+        req = if pending_only {
+            req.condition_expression("incidentId = :id AND pending = :yes")
+                .expression_attribute_values(":yes", AttributeValue::Bool(true))
+        } else {
+            req.condition_expression("incidentId = :id")
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(unavailable("release dedup record", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl KeyRelease for DynamoDedupKeys {
+    async fn release(&self, msg: &QueuedAlert) -> Result<(), StoreError> {
+        let ns = namespace(msg.provider, msg.alert.unsigned);
+        let pk = dedup_pk(&msg.tenant_id, &ns, &msg.alert.source_alert_id);
+        self.delete(&pk, &msg.incident_id, false).await
+    }
+}
+
+impl DynamoLedger {
+    pub fn new(ddb: Ddb, sqs: Sqs, table: &str, queue_url: &str, config: DedupConfig) -> Self {
+        DynamoLedger {
+            keys: DynamoDedupKeys::new(ddb, table),
+            sqs,
+            queue_url: queue_url.to_owned(),
+            config,
+            crash_after_claim: Arc::default(),
         }
     }
 
-    /// Resolves the open incident of a resolved alert, if any.
-    async fn resolve(
+    /// Test hook: while set, `admit` stops right after its conditional puts, sending nothing and
+    /// releasing nothing, as an ingest invocation that died there would.
+    pub fn crash_after_claim(&self) -> Arc<AtomicBool> {
+        self.crash_after_claim.clone()
+    }
+
+    /// The pending record a claim writes.
+    fn claim_item(&self, p: &Pending, now: i64) -> Item {
+        let ttl_ms = self.config.ttl.as_millis() as i64;
+        let lease_ms = self.config.lease.as_millis() as i64;
+        HashMap::from([
+            ("pk".to_owned(), s(&p.pk)),
+            ("incidentId".to_owned(), s(&p.msg.incident_id)),
+            ("pending".to_owned(), AttributeValue::Bool(true)),
+            ("leaseUntil".to_owned(), n(now + lease_ms)),
+            ("expiresAt".to_owned(), n(now + ttl_ms)),
+            // DynamoDB's TTL deletes expired records eventually; `expiresAt` decides at once.
+            ("ttl".to_owned(), n((now + ttl_ms) / 1000 + 1)),
+        ])
+    }
+
+    /// Claims the keys of new incidents: the one conditional put per key that decides who owns
+    /// it, up to 100 in a transaction. Each result is `Ok(None)` when claimed, or `Ok(Some(d))`
+    /// when someone else holds the key and `d` says how. A transaction cancelled because some
+    /// keys are held reports which; the rest are claimed in the next one.
+    async fn claim_all(
         &self,
-        pk: &str,
-        msg: &mut QueuedAlert,
+        claims: Vec<Pending>,
         now: i64,
-    ) -> Result<Decision, StoreError> {
-        let existing = self.get(pk).await?.as_ref().and_then(record);
-        let decision = decide(
-            existing.as_ref(),
-            AlertStatus::Resolved,
-            now,
-            new_incident_id,
-        );
-        if let Decision::Resolve { incident_id } = &decision {
-            msg.incident_id = incident_id.clone();
-            self.send(msg).await?;
-            let deleted = self
-                .ddb
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", s(pk))
-                .condition_expression("incidentId = :id")
-                .expression_attribute_values(":id", s(incident_id))
-                .send()
-                .await;
-            if let Err(e) = deleted {
-                if !e
-                    .as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception())
-                {
-                    // The resolve is queued; the retry queues it again, which triage absorbs.
-                    return Err(unavailable("release dedup record", e));
-                }
+    ) -> Vec<(Pending, Result<Option<Decision>, StoreError>)> {
+        let mut chunks: Vec<Vec<Pending>> = Vec::new();
+        for p in claims {
+            match chunks.last_mut() {
+                Some(c) if c.len() < TRANSACT_ITEMS => c.push(p),
+                _ => chunks.push(vec![p]),
             }
         }
-        Ok(decision)
+        let this = self.clone();
+        bounded(chunks, move |chunk| {
+            let this = this.clone();
+            async move { this.claim_chunk(chunk, now).await }
+        })
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    async fn claim_chunk(
+        &self,
+        mut open: Vec<Pending>,
+        now: i64,
+    ) -> Vec<(Pending, Result<Option<Decision>, StoreError>)> {
+        let mut done = Vec::with_capacity(open.len());
+        if open.len() == 1 {
+            // A transaction of one costs twice the writes of a plain put and gains nothing.
+            let p = open.remove(0);
+            let r = self.claim(&p, now).await;
+            return vec![(p, r)];
+        }
+        while !open.is_empty() {
+            let items: Vec<aws_sdk_dynamodb::types::TransactWriteItem> = open
+                .iter()
+                .filter_map(|p| {
+                    let put = aws_sdk_dynamodb::types::Put::builder()
+                        .table_name(&self.keys.table)
+                        .set_item(Some(self.claim_item(p, now)))
+                        .condition_expression(CLAIM_CONDITION)
+                        .expression_attribute_values(":now", n(now))
+                        .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                        .return_values_on_condition_check_failure(OnFail::AllOld)
+                        .build()
+                        .ok()?;
+                    Some(
+                        aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                            .put(put)
+                            .build(),
+                    )
+                })
+                .collect();
+            let items_len = items.len();
+            let sent = self
+                .keys
+                .ddb
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await;
+            let reasons = match sent {
+                Ok(_) => {
+                    done.extend(open.drain(..).map(|p| (p, Ok(None))));
+                    break;
+                }
+                Err(e) => match e.into_service_error() {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => {
+                        c.cancellation_reasons().to_vec()
+                    }
+                    _ => Vec::new(),
+                },
+            };
+            if reasons.len() != open.len() {
+                // Not a per-item answer (throttled, conflicting transaction): one put each.
+                for p in open.drain(..) {
+                    let r = self.claim(&p, now).await;
+                    done.push((p, r));
+                }
+                break;
+            }
+            let mut retry = Vec::new();
+            for (p, reason) in open.drain(..).zip(reasons) {
+                if reason.code() == Some("ConditionalCheckFailed") {
+                    let r = held(reason.item.as_ref(), now);
+                    done.push((p, r));
+                } else {
+                    retry.push(p);
+                }
+            }
+            let none_held = retry.len() == items_len;
+            if none_held {
+                // Nothing was held, yet the transaction failed: one put each.
+                for p in retry {
+                    let r = self.claim(&p, now).await;
+                    done.push((p, r));
+                }
+                break;
+            }
+            open = retry;
+        }
+        done
+    }
+
+    /// One claim on its own (the fallback of [`Self::claim_all`]).
+    async fn claim(&self, p: &Pending, now: i64) -> Result<Option<Decision>, StoreError> {
+        let claimed = self
+            .keys
+            .ddb
+            .put_item()
+            .table_name(&self.keys.table)
+            .set_item(Some(self.claim_item(p, now)))
+            .condition_expression(CLAIM_CONDITION)
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .return_values_on_condition_check_failure(OnFail::AllOld)
+            .send()
+            .await;
+        let Err(e) = claimed else {
+            return Ok(None);
+        };
+        match e.as_service_error() {
+            Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                held(c.item.as_ref(), now)
+            }
+            _ => Err(unavailable("claim dedup record", e)),
+        }
+    }
+
+    /// Marks a claimed, queued record as queued. A failure is only logged: the alert is queued,
+    /// so it is acknowledged, and a record left pending is taken over after its lease under the
+    /// same incident id (and a resolve still resolves it).
+    async fn mark_queued(&self, pk: &str, incident_id: &str) {
+        let marked = self
+            .keys
+            .ddb
+            .update_item()
+            .table_name(&self.keys.table)
+            .key("pk", s(pk))
+            .update_expression("SET pending = :no")
+            .condition_expression("incidentId = :id")
+            .expression_attribute_values(":id", s(incident_id))
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .send()
+            .await;
+        if let Err(e) = marked {
+            warn!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "marking the dedup record queued failed");
+        }
+    }
+
+    /// Marks claimed, queued records as queued, 100 to a transaction, each still conditional on
+    /// naming its incident. A transaction that fails (one record moved on: a resolve raced the
+    /// claim) falls back to one update per record, so the others are still marked.
+    async fn mark_all_queued(&self, marks: Vec<(String, String)>) {
+        let chunks: Vec<Vec<(String, String)>> =
+            marks.chunks(TRANSACT_ITEMS).map(<[_]>::to_vec).collect();
+        let this = self.clone();
+        bounded(chunks, move |chunk| {
+            let this = this.clone();
+            async move {
+                if let [(pk, id)] = chunk.as_slice() {
+                    return this.mark_queued(pk, id).await;
+                }
+                let items: Vec<aws_sdk_dynamodb::types::TransactWriteItem> = chunk
+                    .iter()
+                    .filter_map(|(pk, id)| {
+                        let update = aws_sdk_dynamodb::types::Update::builder()
+                            .table_name(&this.keys.table)
+                            .key("pk", s(pk))
+                            .update_expression("SET pending = :no")
+                            .condition_expression("incidentId = :id")
+                            .expression_attribute_values(":id", s(id))
+                            .expression_attribute_values(":no", AttributeValue::Bool(false))
+                            .build()
+                            .ok()?;
+                        Some(
+                            aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                                .update(update)
+                                .build(),
+                        )
+                    })
+                    .collect();
+                let together = this
+                    .keys
+                    .ddb
+                    .transact_write_items()
+                    .set_transact_items(Some(items))
+                    .send()
+                    .await;
+                if together.is_err() {
+                    for (pk, id) in &chunk {
+                        this.mark_queued(pk, id).await;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Sends `msgs` in as few `SendMessageBatch` calls as the limits allow; returns the indices
+    /// (into `msgs`) that were not sent.
+    async fn send_all(&self, msgs: &[&QueuedAlert]) -> HashSet<usize> {
+        let bodies: Vec<String> = msgs.iter().map(|m| m.to_queue_body()).collect();
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut size = 0;
+        for (i, body) in bodies.iter().enumerate() {
+            let full = batches.last().is_none_or(|b| {
+                b.len() == SEND_BATCH_ENTRIES || size + body.len() > SEND_BATCH_BYTES
+            });
+            if full {
+                batches.push(Vec::new());
+                size = 0;
+            }
+            batches.last_mut().expect("pushed above").push(i);
+            size += body.len();
+        }
+        let this = self.clone();
+        let bodies = Arc::new(bodies);
+        let sent = bounded(batches, move |batch| {
+            let (this, bodies) = (this.clone(), bodies.clone());
+            async move {
+                let entries: Vec<SendMessageBatchRequestEntry> = batch
+                    .iter()
+                    .filter_map(|&i| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(&bodies[i])
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                let out = this
+                    .sqs
+                    .send_message_batch()
+                    .queue_url(&this.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await;
+                match out {
+                    Ok(out) => out
+                        .failed
+                        .iter()
+                        .filter_map(|f| {
+                            warn!(code = %f.code, "an alert was not queued");
+                            f.id.parse::<usize>().ok()
+                        })
+                        .collect::<Vec<_>>(),
+                    Err(e) => {
+                        warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), "send to the alert queue failed");
+                        batch
+                    }
+                }
+            }
+        })
+        .await;
+        sent.into_iter().flatten().collect()
+    }
+
+    /// Admits alerts whose keys are all distinct.
+    async fn admit_distinct(
+        &self,
+        alerts: Vec<Pending>,
+        now: i64,
+        results: &mut [Option<Result<Decision, StoreError>>],
+    ) {
+        let live: Vec<String> = alerts
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.msg.alert.status,
+                    AlertStatus::Firing | AlertStatus::Resolved
+                )
+            })
+            .map(|p| p.pk.clone())
+            .collect();
+        let records = match self.keys.read(&live).await {
+            Ok(r) => r,
+            Err(e) => {
+                for p in &alerts {
+                    results[p.index] = Some(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let mut claims = Vec::new();
+        let mut resolves = Vec::new();
+        for mut p in alerts {
+            let existing = records.get(&p.pk);
+            let fresh = p.msg.incident_id.clone();
+            match decide(existing, p.msg.alert.status, now, || fresh) {
+                Decision::Create { incident_id } => {
+                    p.msg.incident_id = incident_id;
+                    claims.push(p);
+                }
+                Decision::Resolve { incident_id } => {
+                    p.msg.incident_id = incident_id.clone();
+                    resolves.push(p);
+                }
+                Decision::InFlight { retry_after, .. } => {
+                    results[p.index] = Some(Err(StoreError::InFlight { retry_after }))
+                }
+                d => results[p.index] = Some(Ok(d)),
+            }
+        }
+
+        // 2. Claims, 100 to a transaction.
+        let claimed = self.claim_all(claims, now).await;
+        let mut to_send: Vec<Pending> = Vec::new();
+        for (p, r) in claimed {
+            match r {
+                Ok(None) => to_send.push(p),
+                Ok(Some(Decision::InFlight { retry_after, .. })) => {
+                    results[p.index] = Some(Err(StoreError::InFlight { retry_after }))
+                }
+                Ok(Some(d)) => results[p.index] = Some(Ok(d)),
+                Err(e) => results[p.index] = Some(Err(e)),
+            }
+        }
+        if self.crash_after_claim.load(Ordering::SeqCst) {
+            for p in to_send.iter().chain(&resolves) {
+                results[p.index] = Some(Err(StoreError::Unavailable("crashed (test hook)".into())));
+            }
+            return;
+        }
+
+        // 3. One queue message per claim and per resolve, in batches.
+        let claim_count = to_send.len();
+        to_send.extend(resolves);
+        let msgs: Vec<&QueuedAlert> = to_send.iter().map(|p| &p.msg).collect();
+        let unsent = Arc::new(self.send_all(&msgs).await);
+
+        // 4. Mark what was queued; release the claims that were not and the resolved keys.
+        let marks: Vec<(String, String)> = to_send[..claim_count]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !unsent.contains(i))
+            .map(|(_, p)| (p.pk.clone(), p.msg.incident_id.clone()))
+            .collect();
+        self.mark_all_queued(marks).await;
+        let this = self.clone();
+        let finished = bounded(to_send.into_iter().enumerate().collect(), move |(i, p)| {
+            let this = this.clone();
+            let sent = !unsent.contains(&i);
+            let _ = &unsent;
+            async move {
+                let is_claim = i < claim_count;
+                let r = match (is_claim, sent) {
+                    (true, true) => Ok(Decision::Create {
+                        incident_id: p.msg.incident_id.clone(),
+                    }),
+                    (true, false) => {
+                        // The key is ours: give it up before answering 503, so the retry
+                        // is not a duplicate. If even that fails, the lease runs out.
+                        if let Err(e) = this.keys.delete(&p.pk, &p.msg.incident_id, true).await {
+                            warn!(error = %e, "releasing an unqueued claim failed; its lease will run out");
+                        }
+                        Err(StoreError::Unavailable("send to the alert queue failed".into()))
+                    }
+                    (false, true) => this
+                        .keys
+                        .delete(&p.pk, &p.msg.incident_id, false)
+                        .await
+                        .map(|()| Decision::Resolve {
+                            incident_id: p.msg.incident_id.clone(),
+                        }),
+                    (false, false) => Err(StoreError::Unavailable(
+                        "send to the alert queue failed".into(),
+                    )),
+                };
+                (p.index, r)
+            }
+        })
+        .await;
+        for (i, r) in finished {
+            results[i] = Some(r);
+        }
     }
 }
 
@@ -236,57 +665,68 @@ impl AlertLedger for DynamoLedger {
     ) -> Result<Vec<AlertResult>, StoreError> {
         let now = received_at.timestamp_millis();
         let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        // A notification may carry hundreds of alerts: handle them side by side, not one
-        // round-trip chain after another, and answer in the order they came.
-        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_ALERTS));
-        let mut set = tokio::task::JoinSet::new();
-        for (i, alert) in alerts.iter().cloned().enumerate() {
-            let (this, limit) = (self.clone(), limit.clone());
-            let (tenant, received) = (tenant_id.to_owned(), received.clone());
-            set.spawn(async move {
-                let _permit = limit
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed");
-                let ns = crate::dedup::namespace(provider, alert.unsigned);
-                let pk = dedup_pk(&tenant, &ns, &alert.source_alert_id);
-                let mut msg = QueuedAlert {
-                    tenant_id: tenant,
+        let mut results: Vec<Option<Result<Decision, StoreError>>> = vec![None; alerts.len()];
+        let mut pending: Vec<Pending> = alerts
+            .iter()
+            .enumerate()
+            .map(|(index, alert)| Pending {
+                index,
+                pk: dedup_pk(
+                    tenant_id,
+                    &namespace(provider, alert.unsigned),
+                    &alert.source_alert_id,
+                ),
+                msg: QueuedAlert {
+                    tenant_id: tenant_id.to_owned(),
                     provider,
                     incident_id: new_incident_id(),
                     alert: alert.clone(),
-                    received_at: received,
-                };
-                let decision = match alert.status {
-                    AlertStatus::Firing => this.fire(&pk, &mut msg, now).await,
-                    AlertStatus::Resolved => this.resolve(&pk, &mut msg, now).await,
-                    AlertStatus::Acknowledged => Ok(Decision::Acknowledge),
-                    AlertStatus::Ignored => Ok(Decision::Ignore),
-                };
-                (i, alert.source_alert_id, decision)
-            });
+                    received_at: received.clone(),
+                },
+            })
+            .collect();
+        // Alerts are applied in request order; one whose key an earlier alert of the request
+        // also names waits for the next round, so it sees that alert's effect.
+        while !pending.is_empty() {
+            let mut seen = HashSet::new();
+            let (round, later): (Vec<Pending>, Vec<Pending>) =
+                pending.into_iter().partition(|p| seen.insert(p.pk.clone()));
+            self.admit_distinct(round, now, &mut results).await;
+            pending = later;
         }
-        let mut slots: Vec<Option<AlertResult>> = vec![None; alerts.len()];
+        let mut out = Vec::with_capacity(alerts.len());
         let mut first_error = None;
-        while let Some(joined) = set.join_next().await {
-            let (i, source_alert_id, decision) =
-                joined.map_err(|e| StoreError::Unavailable(format!("admit task: {e}")))?;
-            match decision {
+        for (alert, r) in alerts.iter().zip(results) {
+            match r.unwrap_or_else(|| Err(StoreError::Unavailable("admission task failed".into())))
+            {
                 Ok(d) => {
                     let (outcome, incident_id) = d.outcome();
-                    slots[i] = Some(AlertResult {
-                        source_alert_id,
+                    out.push(AlertResult {
+                        source_alert_id: alert.source_alert_id.clone(),
                         incident_id: incident_id.map(str::to_owned),
                         outcome,
                     });
                 }
-                Err(e) => first_error = first_error.or(Some(e)),
+                Err(e) => first_error = Some(worse(first_error, e)),
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        let results: Vec<AlertResult> = slots.into_iter().flatten().collect();
-        Ok(results)
+    }
+}
+
+/// Of two errors, the one to answer with: an in-flight lease says exactly when to retry.
+fn worse(a: Option<StoreError>, b: StoreError) -> StoreError {
+    match (a, b) {
+        (
+            Some(StoreError::InFlight { retry_after: x }),
+            StoreError::InFlight { retry_after: y },
+        ) => StoreError::InFlight {
+            retry_after: x.max(y),
+        },
+        (Some(e @ StoreError::InFlight { .. }), _) => e,
+        (_, e) => e,
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use config::{ConfigError, IngestConfig, TriageConfig};
 pub use directory::DynamoDirectory;
 pub use incidents::{DynamoIncidents, SnsDispatcher};
-pub use ledger::{dedup_pk, DynamoLedger};
+pub use ledger::{dedup_pk, DynamoDedupKeys, DynamoLedger};
 pub use subscriptions::{DynamoSubscriptions, SnsApiConfirmer};
 
 pub use aws_config::SdkConfig;
@@ -103,6 +103,7 @@ pub fn ingest_state_with(
             burst: config.rate_limit_per_sec * 2.0,
         },
     );
+    state.max_alerts = config.max_alerts;
     state.sns = Some(crate::http::SnsSupport {
         certs: crate::sns::CertCache::new(https),
         confirmer: Arc::new(SnsApiConfirmer::new(sdk)),
@@ -119,11 +120,13 @@ pub fn triage(sdk: &aws_config::SdkConfig, config: &TriageConfig) -> Triage {
         // Keys are not read by triage; only the tenant settings table is.
         directory: Arc::new(DynamoDirectory::new(ddb.clone(), "", &config.tenants_table)),
         dispatcher: Arc::new(SnsDispatcher::new(
-            ddb,
+            ddb.clone(),
             aws_sdk_sns::Client::new(sdk),
             &config.dispatch_table,
             &config.agent_topic_arn,
         )),
+        keys: Arc::new(DynamoDedupKeys::new(ddb.clone(), &config.dedup_table)),
+        max_receives: config.max_receives,
     }
 }
 

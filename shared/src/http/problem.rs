@@ -46,6 +46,9 @@ pub enum ApiError {
     RateLimited { retry_after: Duration },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Another request is admitting the same alert (503 with the lease's remaining time).
+    #[error("alert in flight")]
+    InFlight { retry_after: Duration },
     /// A 401 that asks for HTTP Basic credentials (SNS sends them only after this challenge).
     #[error("credentials required: {0}")]
     Challenge(Box<ApiError>),
@@ -71,6 +74,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(what),
+            StoreError::InFlight { retry_after } => ApiError::InFlight { retry_after },
             // The details of a storage failure are logged, not shown to senders.
             StoreError::Unavailable(_) | StoreError::Invalid(_) => ApiError::Unavailable(
                 "the alert store is temporarily unavailable; nothing was recorded, retry shortly"
@@ -150,6 +154,16 @@ impl ApiError {
                 ),
             ),
             Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", d.clone()),
+            InFlight { retry_after } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                format!(
+                    "Another request is admitting this alert and has not finished; retry after {} s \
+                     (the retry then either joins its incident or takes over).",
+                    retry_secs(*retry_after)
+                ),
+            ),
             Challenge(inner) => inner.parts(),
             BadRequest(d) => (StatusCode::BAD_REQUEST, "invalid_sns_message", "Invalid SNS message", d.clone()),
             Duplicate { .. } => (
@@ -184,6 +198,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
             ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_SECS),
+            ApiError::InFlight { retry_after } => Some(retry_secs(*retry_after)),
             _ => None,
         };
         if let ApiError::Challenge(_) = &self {
@@ -198,6 +213,11 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// Whole seconds to wait, rounded up, at least one.
+fn retry_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
 }
 
 fn problem_json(body: Value) -> impl IntoResponse {

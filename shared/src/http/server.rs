@@ -107,6 +107,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         }
         lim.rlim_cur = lim.rlim_max;
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
     Ok(lim.rlim_cur as u64)
 }
 

@@ -9,7 +9,7 @@ use super::Db;
 use crate::dedup::{decide, namespace, new_incident_id, Decision, DedupConfig, DedupRecord};
 use crate::error::StoreError;
 use crate::model::{Alert, AlertResult, AlertStatus, Outcome, Provider, QueuedAlert};
-use crate::ports::AlertLedger;
+use crate::ports::{AlertLedger, KeyRelease};
 
 /// [`AlertLedger`] backed by the `dedup` and `queue` tables.
 #[derive(Clone)]
@@ -100,6 +100,13 @@ impl AlertLedger for SqliteLedger {
                         Decision::Resolve { .. } => {
                             release(c, &tenant, p, &alert.source_alert_id)?;
                         }
+                        // Records are written queued in the same transaction as their queue
+                        // row, so none is ever pending here; answer as the AWS ledger would.
+                        Decision::InFlight { retry_after, .. } => {
+                            return Err(StoreError::InFlight {
+                                retry_after: *retry_after,
+                            })
+                        }
                         Decision::Duplicate { .. } | Decision::Ignore | Decision::Acknowledge => {
                             if alert.status == AlertStatus::Resolved && existing.is_some() {
                                 // An expired or abandoned record: clear it so it stops lingering.
@@ -137,5 +144,27 @@ impl AlertLedger for SqliteLedger {
             self.db.signals().queued.notify_one();
         }
         Ok(results)
+    }
+}
+
+#[async_trait]
+impl KeyRelease for SqliteLedger {
+    async fn release(&self, msg: &QueuedAlert) -> Result<(), StoreError> {
+        let (tenant, id, incident) = (
+            msg.tenant_id.clone(),
+            msg.alert.source_alert_id.clone(),
+            msg.incident_id.clone(),
+        );
+        let ns = namespace(msg.provider, msg.alert.unsigned);
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "DELETE FROM dedup WHERE tenant_id = ?1 AND provider = ?2
+                     AND source_alert_id = ?3 AND incident_id = ?4",
+                )?
+                .execute(params![tenant, ns, id, incident])?;
+                Ok(())
+            })
+            .await
     }
 }

@@ -10,7 +10,7 @@ use crate::error::StoreError;
 use crate::triage::QueueRecord;
 
 /// Receives after which a message is dead-lettered (SQS `maxReceiveCount`).
-pub const MAX_RECEIVES: i64 = 5;
+pub const MAX_RECEIVES: i64 = crate::triage::MAX_RECEIVES as i64;
 
 /// The queue tables.
 #[derive(Clone)]
@@ -79,12 +79,13 @@ impl SqliteQueue {
                 let mut st = c.prepare_cached(
                     "UPDATE queue SET visible_at = ?1 + ?2, receive_count = receive_count + 1
                      WHERE id IN (SELECT id FROM queue WHERE visible_at <= ?1 ORDER BY id LIMIT ?3)
-                     RETURNING id, body",
+                     RETURNING id, body, receive_count",
                 )?;
                 let rows = st.query_map(params![now, visibility_ms, max as i64], |r| {
                     Ok(QueueRecord {
                         id: r.get::<_, i64>(0)?.to_string(),
                         body: r.get(1)?,
+                        receive_count: r.get(2)?,
                     })
                 })?;
                 let mut out = rows.collect::<Result<Vec<_>, _>>()?;
