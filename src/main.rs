@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use causeflow_shared::auth::sign;
+use causeflow_shared::deadletter::{list, redrive, DeadLetters};
 use causeflow_shared::dedup::DedupConfig;
 use causeflow_shared::embedded::{Embedded, EmbeddedConfig};
 use causeflow_shared::http::server::{raise_fd_limit, ServerLimits, RESERVED_FDS};
 use causeflow_shared::http::RateLimit;
 use causeflow_shared::model::{IncidentStatus, Severity};
 use causeflow_shared::policy::{valid_agent_name, AgentOverrides};
-use causeflow_shared::ports::{IncidentQuery, IncidentStore, KeyAdmin};
-use causeflow_shared::sqlite::{Db, SqliteDirectory, SqliteIncidents};
+use causeflow_shared::ports::{AlertLedger, IncidentQuery, IncidentStore, KeyAdmin};
+use causeflow_shared::sqlite::{Db, SqliteDirectory, SqliteIncidents, SqliteLedger, SqliteQueue};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -78,6 +79,59 @@ enum Command {
     /// SNS subscriptions to tenants' CloudWatch endpoints.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCmd),
+    /// Alerts that triage gave up on: list them, and redrive them after a fix.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCmd),
+}
+
+/// Where dead letters are: the SQLite file, or a deployed stack's dead-letter queue.
+#[derive(Args, Clone)]
+struct QueueArgs {
+    #[command(flatten)]
+    db: DbArg,
+    /// Use a deployed stack's dead-letter queue (AWS credentials and region from the usual AWS
+    /// environment and profile).
+    #[arg(long)]
+    aws: bool,
+    /// The stack's dead-letter queue (its output `AlertDeadLetterQueueUrl`).
+    #[arg(long, env = "ALERT_DLQ_URL", requires = "aws")]
+    dlq_url: Option<String>,
+    /// For redrive: the stack's alert queue (its output `AlertQueueUrl`).
+    #[arg(long, env = "ALERT_QUEUE_URL", requires = "aws")]
+    queue_url: Option<String>,
+    /// For redrive: the stack's dedup table (its output `DedupTableName`).
+    #[arg(long, env = "DEDUP_TABLE", requires = "aws")]
+    dedup_table: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCmd {
+    /// List dead-lettered alerts (they stay dead-lettered; on AWS, listed ones are hidden from
+    /// other readers for a minute).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
+    /// Admit dead-lettered alerts again (all, or those named by --id): each joins the incident
+    /// open for its key by now or opens a new one, and leaves the dead letters.
+    Redrive {
+        /// A dead letter's id, as `list` prints it; repeat for several. Default: all.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        /// The dedup TTL of the server (`serve --dedup-ttl-hours`; the stack's DedupTtlHours).
+        #[arg(long, default_value_t = 168)]
+        dedup_ttl_hours: u64,
+        #[command(flatten)]
+        queue: QueueArgs,
+    },
 }
 
 #[derive(Args)]
@@ -310,6 +364,7 @@ async fn main() -> Result<()> {
         Command::Sign { secret, timestamp } => sign_stdin(&secret, timestamp.as_deref()),
         Command::Incidents(cmd) => incidents(cmd).await,
         Command::Subscriptions(cmd) => subscriptions(cmd).await,
+        Command::DeadLetters(cmd) => dead_letters(cmd).await,
     }
 }
 
@@ -607,6 +662,122 @@ async fn keys(cmd: KeysCmd) -> Result<()> {
                 .set_sentry_secret(&tenant, &key, &secret)
                 .await?;
             println!("Sentry-Hook-Signature is now verified for {key}.");
+        }
+    }
+    Ok(())
+}
+
+type DeadLetterStores = (Box<dyn DeadLetters>, Box<dyn AlertLedger>);
+
+/// The dead letters and the ledger that re-admits them, on either host.
+async fn open_dead_letters(queue: &QueueArgs, dedup: DedupConfig) -> Result<DeadLetterStores> {
+    if queue.aws {
+        return aws_dead_letters(queue, dedup).await;
+    }
+    let db = open_db(&queue.db)?;
+    Ok((
+        Box::new(SqliteQueue::new(db.clone())),
+        Box::new(SqliteLedger::new(db, dedup)),
+    ))
+}
+
+#[cfg(feature = "aws")]
+async fn aws_dead_letters(queue: &QueueArgs, dedup: DedupConfig) -> Result<DeadLetterStores> {
+    use causeflow_shared::aws::{DynamoLedger, SqsClient, SqsDeadLetters};
+    let dlq = queue
+        .dlq_url
+        .as_deref()
+        .context("--aws needs --dlq-url (or ALERT_DLQ_URL)")?;
+    let sdk = causeflow_shared::aws::sdk_config().await;
+    let sqs = SqsClient::new(&sdk);
+    let letters = Box::new(SqsDeadLetters::new(sqs.clone(), dlq));
+    // Listing needs only the dead-letter queue; a ledger without its table refuses to admit.
+    let ledger = DynamoLedger::new(
+        aws_sdk_dynamodb_client(&sdk),
+        sqs,
+        queue.dedup_table.as_deref().unwrap_or_default(),
+        queue.queue_url.as_deref().unwrap_or_default(),
+        dedup,
+    );
+    Ok((letters, Box::new(ledger)))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_dead_letters(_: &QueueArgs, _: DedupConfig) -> Result<DeadLetterStores> {
+    bail!("this causeflow was built without AWS support: build it with `cargo build --release --features aws`")
+}
+
+async fn dead_letters(cmd: DeadLettersCmd) -> Result<()> {
+    match cmd {
+        DeadLettersCmd::List { limit, json, queue } => {
+            let (letters, _) = open_dead_letters(&queue, DedupConfig::default()).await?;
+            let letters = list(&*letters, limit.clamp(1, 10_000)).await?;
+            if json {
+                let rows: Vec<serde_json::Value> = letters
+                    .iter()
+                    .map(|l| serde_json::json!({"id": l.id, "receiveCount": l.receive_count, "deadAt": l.dead_at, "alert": l.alert()}))
+                    .collect();
+                println!("{}", serde_json::to_string(&rows)?);
+            } else if letters.is_empty() {
+                println!("No dead letters.");
+            } else {
+                for l in letters {
+                    let what = match l.alert() {
+                        Some(m) => format!(
+                            "{}\t{}\t{:?}\t{}\t{}\t{}",
+                            m.tenant_id,
+                            m.provider,
+                            m.alert.status,
+                            m.alert.source_alert_id,
+                            m.incident_id,
+                            m.alert.title
+                        ),
+                        None => "(not a queued alert)".into(),
+                    };
+                    println!("{}\t{}\t{}", l.id, l.dead_at.unwrap_or_default(), what);
+                }
+            }
+        }
+        DeadLettersCmd::Redrive {
+            ids,
+            limit,
+            json,
+            dedup_ttl_hours,
+            queue,
+        } => {
+            if queue.aws && (queue.queue_url.is_none() || queue.dedup_table.is_none()) {
+                bail!("redrive --aws needs --queue-url and --dedup-table (or ALERT_QUEUE_URL and DEDUP_TABLE)");
+            }
+            let dedup = DedupConfig {
+                ttl: Duration::from_secs(dedup_ttl_hours.clamp(1, 24 * 366) * 3600),
+                ..DedupConfig::default()
+            };
+            let (letters, ledger) = open_dead_letters(&queue, dedup).await?;
+            let results = redrive(&*letters, &*ledger, limit.clamp(1, 10_000), &ids).await?;
+            if json {
+                println!("{}", serde_json::to_string(&results)?);
+            } else if results.is_empty() {
+                println!("No dead letters to redrive.");
+            } else {
+                for r in &results {
+                    match (&r.result, &r.error) {
+                        (Some(a), None) => println!(
+                            "{}\t{}\t{}\t{}",
+                            r.id,
+                            serde_json::to_value(a.outcome)?
+                                .as_str()
+                                .unwrap_or_default(),
+                            a.source_alert_id,
+                            a.incident_id.as_deref().unwrap_or("-")
+                        ),
+                        (_, Some(e)) => println!("{}\tleft: {e}", r.id),
+                        (None, None) => println!("{}", r.id),
+                    }
+                }
+            }
+            if results.iter().any(|r| r.error.is_some()) {
+                bail!("some dead letters were not redriven (see above)");
+            }
         }
     }
     Ok(())

@@ -764,3 +764,60 @@ async fn keys_are_stored_hashed_and_nothing_secret_reaches_the_logs() {
         key["apiKey"].as_str().unwrap()
     )));
 }
+
+#[test]
+fn dead_letters_are_listed_and_redriven() {
+    let db = db_path();
+    create_key(&db, "acme"); // creates the database
+    let alert = json!({"tenantId": "acme", "provider": "generic", "incidentId": "inc_dead",
+        "receivedAt": "2026-11-28T00:00:00Z",
+        "alert": {"sourceAlertId": "dl-1", "status": "firing", "title": "stuck", "severity": "high"}});
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        for body in [alert.to_string(), "{\"not\": \"an alert\"}".to_owned()] {
+            c.execute(
+                "INSERT INTO dead_letters(body, receive_count, enqueued_at, dead_at) VALUES (?1, 5, 0, 1764288000000)",
+                [body],
+            )
+            .unwrap();
+        }
+    }
+    let listed: Value =
+        serde_json::from_str(&cli(&db, &["dead-letters", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed[0]["alert"]["alert"]["sourceAlertId"], "dl-1");
+    assert_eq!(listed[0]["receiveCount"], 5);
+    let text = cli(&db, &["dead-letters", "list"]);
+    assert!(
+        text.contains("dl-1") && text.contains("(not a queued alert)"),
+        "{text}"
+    );
+    // Redriving everything: the alert is admitted again; the other is left, and said so.
+    let out = Command::new(BIN)
+        .args(["dead-letters", "redrive", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a letter was left, so the command says so"
+    );
+    let redriven: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(redriven[0]["result"]["outcome"], "created", "{redriven}");
+    assert!(redriven[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a queued alert"));
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM dead_letters"), 1);
+    assert_eq!(
+        count("SELECT count(*) FROM queue"),
+        1,
+        "queued for triage again"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM dedup WHERE source_alert_id = 'dl-1'"),
+        1
+    );
+}

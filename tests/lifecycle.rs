@@ -408,3 +408,71 @@ async fn agent_tasks_are_posted_to_the_agent_webhook_with_retries() {
         "one failed attempt, then five deliveries"
     );
 }
+
+/// An incident store that is down: every triage of a firing fails.
+struct DownIncidents;
+
+#[async_trait::async_trait]
+impl causeflow_shared::ports::IncidentStore for DownIncidents {
+    async fn open(
+        &self,
+        _: causeflow_shared::model::Incident,
+    ) -> Result<causeflow_shared::model::Incident, causeflow_shared::error::StoreError> {
+        Err(causeflow_shared::error::StoreError::Unavailable(
+            "down".into(),
+        ))
+    }
+    async fn resolve(
+        &self,
+        i: causeflow_shared::model::Incident,
+    ) -> Result<causeflow_shared::model::Incident, causeflow_shared::error::StoreError> {
+        self.open(i).await
+    }
+    async fn get(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<causeflow_shared::model::Incident>, causeflow_shared::error::StoreError>
+    {
+        Ok(None)
+    }
+    async fn list(
+        &self,
+        _: &str,
+        _: &causeflow_shared::ports::IncidentQuery,
+    ) -> Result<causeflow_shared::ports::IncidentPage, causeflow_shared::error::StoreError> {
+        Err(causeflow_shared::error::StoreError::Unavailable(
+            "down".into(),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_that_fails_its_last_receive_releases_its_key() {
+    use causeflow_shared::triage::{QueueRecord, Triage};
+    let s = Server::start().await;
+    // Stop the server's own triage from taking the message: build the record by hand.
+    let first = s.generic("doomed", "firing").await;
+    first.expect(202);
+    let body = serde_json::json!({"tenantId": "acme", "provider": "generic", "incidentId": first.incident_id(),
+        "receivedAt": "2026-11-28T00:00:00Z",
+        "alert": {"sourceAlertId": "doomed", "status": "firing", "title": "t", "severity": "high"}});
+    let broken = Triage {
+        incidents: std::sync::Arc::new(DownIncidents),
+        ..s.app.triage.clone()
+    };
+    let record = |receive_count| QueueRecord {
+        id: "1".into(),
+        body: body.to_string(),
+        receive_count,
+    };
+    // Failing an earlier receive keeps the key: redelivery may still succeed.
+    assert_eq!(broken.handle_batch(vec![record(4)]).await, ["1"]);
+    s.generic("doomed", "firing").await.expect(409);
+    // Failing the last one releases it: the next firing opens a new incident.
+    assert_eq!(broken.handle_batch(vec![record(5)]).await, ["1"]);
+    let again = s.generic("doomed", "firing").await;
+    again.expect(202);
+    assert_eq!(again.outcome(), "created");
+    assert_ne!(again.incident_id(), first.incident_id());
+}

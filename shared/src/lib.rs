@@ -8,6 +8,7 @@
 pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod deadletter;
 pub mod dedup;
 #[cfg(feature = "embedded")]
 pub mod embedded;

@@ -4,6 +4,7 @@
 //! tests point them at an emulator on loopback.
 
 mod config;
+mod deadletters;
 mod directory;
 mod incidents;
 mod item;
@@ -13,6 +14,7 @@ mod subscriptions;
 use std::sync::Arc;
 
 pub use config::{ConfigError, IngestConfig, TriageConfig};
+pub use deadletters::SqsDeadLetters;
 pub use directory::DynamoDirectory;
 pub use incidents::{DynamoIncidents, SnsDispatcher};
 pub use ledger::{dedup_pk, DynamoDedupKeys, DynamoLedger};
@@ -20,6 +22,7 @@ pub use subscriptions::{DynamoSubscriptions, SnsApiConfirmer};
 
 pub use aws_config::SdkConfig;
 pub use aws_sdk_dynamodb::Client as DynamoClient;
+pub use aws_sdk_sqs::Client as SqsClient;
 
 use crate::http::{AppState, RateLimit};
 use crate::triage::Triage;

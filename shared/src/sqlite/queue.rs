@@ -6,6 +6,7 @@ use rusqlite::params;
 use serde::Serialize;
 
 use super::{now_ms, Db};
+use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::error::StoreError;
 use crate::triage::QueueRecord;
 
@@ -133,6 +134,29 @@ impl SqliteQueue {
             .await
     }
 
+    /// Dead letters, oldest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT id, body, receive_count, dead_at FROM dead_letters ORDER BY id LIMIT ?1",
+                )?;
+                let rows = st.query_map([limit as i64], |r| {
+                    let id = r.get::<_, i64>(0)?.to_string();
+                    Ok(DeadLetter {
+                        handle: id.clone(),
+                        id,
+                        body: r.get(1)?,
+                        receive_count: r.get(2)?,
+                        dead_at: chrono::DateTime::from_timestamp_millis(r.get(3)?)
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
     pub async fn stats(&self) -> Result<QueueStats, StoreError> {
         self.db
             .read(|c| {
@@ -141,6 +165,31 @@ impl SqliteQueue {
                     dead_letters: c
                         .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?,
                 })
+            })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl DeadLetters for SqliteQueue {
+    async fn take(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead_letters(limit).await
+    }
+
+    /// Nothing to do: the table hides nothing.
+    async fn put_back(&self, _: &[DeadLetter]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn remove(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let id: i64 = letter
+            .handle
+            .parse()
+            .map_err(|_| StoreError::Invalid(format!("dead letter id {:?}", letter.handle)))?;
+        self.db
+            .write(move |c| {
+                c.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+                Ok(())
             })
             .await
     }
