@@ -371,8 +371,10 @@ async fn agent_tasks_are_posted_to_the_agent_webhook_with_retries() {
         json!({"sourceAlertId": "db", "title": "db down", "severity": "critical"}).to_string();
     let r = s.post("generic", body.as_bytes(), true, &[]).await;
     r.expect(202);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    // Wait for the state, not for time: every agent received its task and every outbox row is
+    // marked delivered (the mark follows the POST, so it can lag behind what the agent saw).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rows = loop {
         let mut agents: Vec<String> = received
             .lock()
             .unwrap()
@@ -380,28 +382,30 @@ async fn agent_tasks_are_posted_to_the_agent_webhook_with_retries() {
             .map(|(a, _)| a.clone())
             .collect();
         agents.sort();
-        if agents == ["deploys", "infrastructure", "logs", "metrics", "traces"] {
-            break;
+        let rows = s
+            .app
+            .dispatcher
+            .for_incident("acme", &r.incident_id())
+            .await
+            .unwrap();
+        if agents == ["deploys", "infrastructure", "logs", "metrics", "traces"]
+            && rows.len() == 5
+            && rows.iter().all(|r| r.delivered)
+        {
+            break rows;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "agents received: {agents:?}"
+            "agents received: {agents:?}; outbox: {rows:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     let got = received.lock().unwrap().clone();
     assert!(got
         .iter()
         .all(|(_, t)| t["incidentId"] == r.incident_id().as_str()
             && t["severity"] == "critical"
             && t["kind"] == "dispatch"));
-    let rows = s
-        .app
-        .dispatcher
-        .for_incident("acme", &r.incident_id())
-        .await
-        .unwrap();
-    assert!(rows.iter().all(|r| r.delivered));
     assert_eq!(
         rows.iter().map(|r| r.attempts).sum::<i64>(),
         6,

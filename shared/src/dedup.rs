@@ -124,7 +124,7 @@ pub fn decide(
 
 /// The namespace of an alert's dedup key: its provider, and for alerts that no signature covered
 /// a namespace of their own beside it, so an unsigned request can never open, match or resolve
-/// an incident that a signed request keyed (docs/security.md).
+/// an incident that a signed request keyed (README, "Security").
 pub fn namespace(provider: Provider, unsigned: bool) -> String {
     if unsigned {
         format!("{provider}:unsigned")

@@ -144,7 +144,7 @@ pub struct Alert {
     pub test: bool,
     /// No signature covered the request this alert came from (key-only Datadog or OnCall). Its
     /// dedup key lives in a namespace of its own, so it can never open, match or resolve an
-    /// incident that a signed request keyed (docs/security.md). Set by the normaliser from the
+    /// incident that a signed request keyed (README, "Security"). Set by the normaliser from the
     /// verification result, never from the payload.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsigned: bool,

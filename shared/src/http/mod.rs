@@ -31,7 +31,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Most alerts one request may carry unless configured otherwise: more than any sender batches
 /// by default, few enough that a full request is admitted well within the ingest function's
-/// timeout (docs/security.md).
+/// timeout (README, "Security").
 pub const DEFAULT_MAX_ALERTS: usize = 500;
 
 /// Everything a request handler needs, built once per process.

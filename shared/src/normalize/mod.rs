@@ -56,7 +56,7 @@ pub struct Context<'a> {
     pub sentry_resource: Option<&'a str>,
     /// A verified signature covers every byte of `root`. Without one, the top-level
     /// `sourceAlertId` override is ignored and the alerts are marked [`Alert::unsigned`], which
-    /// keeps their dedup keys apart from signed ones (docs/security.md).
+    /// keeps their dedup keys apart from signed ones (README, "Security").
     pub signed: bool,
 }
 
