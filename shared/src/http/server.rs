@@ -84,8 +84,10 @@ impl ServerLimits {
     }
 }
 
-/// Raises the soft open-files limit to the hard limit and returns the new soft limit, so that
-/// the connection cap, not the default 1024 descriptors, is what bounds the server.
+/// Raises the soft open-files limit to the hard limit and returns the soft limit in force, so
+/// that the connection cap, not the default 1024 descriptors, is what bounds the server. Where
+/// the raise is refused (some systems cap it below an unlimited hard limit), the current limit
+/// stands.
 #[cfg(unix)]
 pub fn raise_fd_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
@@ -102,10 +104,12 @@ pub fn raise_fd_limit() -> io::Result<u64> {
             rlim_max: lim.rlim_max,
         };
         // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            warn!(error = %io::Error::last_os_error(), soft = lim.rlim_cur as u64,
+                  "could not raise the open-files limit; keeping it");
         }
-        lim.rlim_cur = lim.rlim_max;
     }
     #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
     Ok(lim.rlim_cur as u64)
