@@ -107,7 +107,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             lim.rlim_cur = lim.rlim_max;
         } else {
-            warn!(error = %io::Error::last_os_error(), soft = lim.rlim_cur as u64,
+            warn!(error = %io::Error::last_os_error(), soft = %lim.rlim_cur,
                   "could not raise the open-files limit; keeping it");
         }
     }
