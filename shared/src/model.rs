@@ -406,13 +406,7 @@ mod tests {
         let mut a = sample();
         a.message = Some("\u{1F525}\"".repeat(100_000));
         a.tags.insert("k".into(), "v".repeat(100_000));
-        let q = QueuedAlert {
-            tenant_id: "t".into(),
-            provider: Provider::Generic,
-            incident_id: "inc_1".into(),
-            alert: a,
-            received_at: "2026-11-28T00:00:00Z".into(),
-        };
+        let q = queued(a);
         let body = q.to_queue_body();
         assert!(body.len() <= MAX_QUEUE_MESSAGE_BYTES, "{}", body.len());
         let back: QueuedAlert = serde_json::from_str(&body).unwrap();
@@ -426,13 +420,7 @@ mod tests {
         a.title = "noncharacters \u{FFFE}\u{FFFF} and controls \u{0}\u{1F}\u{7F}".into();
         a.message = Some("\u{FFFF}".repeat(10));
         a.tags.insert("k\u{FFFE}".into(), "\u{FFFF}".into());
-        let q = QueuedAlert {
-            tenant_id: "t".into(),
-            provider: Provider::Generic,
-            incident_id: "inc_1".into(),
-            alert: a,
-            received_at: "2026-11-28T00:00:00Z".into(),
-        };
+        let q = queued(a);
         let body = q.to_queue_body();
         assert!(body.chars().all(sqs_accepts), "{body:?}");
         let back: QueuedAlert = serde_json::from_str(&body).unwrap();
@@ -445,6 +433,16 @@ mod tests {
         assert_eq!(Severity::from_label("Major"), Some(Severity::High));
         assert_eq!(Severity::from_label("p4"), Some(Severity::Low));
         assert_eq!(Severity::from_label("urgent"), None);
+    }
+
+    fn queued(alert: Alert) -> QueuedAlert {
+        QueuedAlert {
+            tenant_id: "t".into(),
+            provider: Provider::Generic,
+            incident_id: "inc_1".into(),
+            alert,
+            received_at: "2026-11-28T00:00:00Z".into(),
+        }
     }
 
     fn sample() -> Alert {

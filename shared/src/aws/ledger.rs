@@ -84,6 +84,14 @@ pub fn dedup_pk(tenant: &str, namespace: &str, source_alert_id: &str) -> String 
 const CLAIM_CONDITION: &str =
     "attribute_not_exists(pk) OR expiresAt <= :now OR (pending = :yes AND leaseUntil <= :now)";
 
+/// The values [`CLAIM_CONDITION`] names.
+fn claim_values(now: i64) -> Item {
+    HashMap::from([
+        (":now".to_owned(), n(now)),
+        (":yes".to_owned(), AttributeValue::Bool(true)),
+    ])
+}
+
 /// What a claim that lost to the record `old` answers.
 fn held(old: Option<&Item>, now: i64) -> Result<Option<Decision>, StoreError> {
     let current = old.and_then(record);
@@ -314,8 +322,7 @@ impl DynamoLedger {
                         .table_name(&self.keys.table)
                         .set_item(Some(self.claim_item(p, now)))
                         .condition_expression(CLAIM_CONDITION)
-                        .expression_attribute_values(":now", n(now))
-                        .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                        .set_expression_attribute_values(Some(claim_values(now)))
                         .return_values_on_condition_check_failure(OnFail::AllOld)
                         .build()
                         .ok()?;
@@ -386,8 +393,7 @@ impl DynamoLedger {
             .table_name(&self.keys.table)
             .set_item(Some(self.claim_item(p, now)))
             .condition_expression(CLAIM_CONDITION)
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .set_expression_attribute_values(Some(claim_values(now)))
             .return_values_on_condition_check_failure(OnFail::AllOld)
             .send()
             .await;
