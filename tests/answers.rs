@@ -1,4 +1,5 @@
-//! SPEC §4: every answer, and bad input that must get a clear 4xx (never a 5xx or a panic).
+//! docs/contract.md#answers: every answer, and bad input that must get a clear 4xx (never a 5xx or
+//! a panic).
 
 mod common;
 

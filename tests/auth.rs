@@ -1,4 +1,4 @@
-//! SPEC §3: every authentication rule, over real HTTP.
+//! docs/contract.md#authentication: every authentication rule, over real HTTP.
 
 mod common;
 

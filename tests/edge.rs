@@ -1,4 +1,4 @@
-//! The public edge as an attacker or a busy sender meets it (README, "Security"): only signed
+//! The public edge as an attacker or a busy sender meets it (docs/security.md): only signed
 //! bytes shape an alert, unsigned ids live apart from signed ones, forged requests spend no
 //! rate, and one request carries a bounded number of alerts.
 

@@ -1,5 +1,5 @@
-//! SPEC §5 and §6: the dedup lifecycle, concurrency, dispatch and cancel, and faults behind the
-//! ports answering 503 without leaving anything behind.
+//! docs/contract.md#the-alert-lifecycle: the dedup lifecycle, concurrency, dispatch and cancel, and
+//! faults behind the ports answering 503 without leaving anything behind.
 
 mod common;
 

@@ -1,6 +1,7 @@
-//! SPEC §3 (b): CloudWatch alarms straight from Amazon SNS into `causeflow serve`. The tests make
-//! their own signing key and certificate, serve it through an injected HTTPS client (which
-//! records every URL fetched), and sign envelopes of every type with both signature versions.
+//! docs/contract.md#authentication: CloudWatch alarms straight from Amazon SNS into `causeflow
+//! serve`. The tests make their own signing key and certificate, serve it through an injected HTTPS
+//! client (which records every URL fetched), and sign envelopes of every type with both signature
+//! versions.
 
 mod common;
 

@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Grafana signs `"{unix seconds}:" + body` and we accept timestamps this close to now (SPEC §3).
+/// Grafana signs `"{unix seconds}:" + body` and we accept timestamps this close to now
+/// (docs/contract.md#authentication).
 pub const MAX_TIMESTAMP_SKEW_SECS: i64 = 300;
 
 /// A freshly issued key. The plaintext key and secret exist only here: they are shown once.

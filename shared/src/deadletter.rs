@@ -1,7 +1,7 @@
 //! Dead letters: queued alerts that triage gave up on after the queue's last receive (their
 //! keys are released then, see [`crate::triage`]). An operator lists them and, once the cause
 //! is fixed, redrives them: each is admitted again through the ledger, so it joins the incident
-//! that is open for its key by then, or opens a new one (README, "Dead letters").
+//! that is open for its key by then, or opens a new one (docs/operations.md#dead-letters).
 
 use async_trait::async_trait;
 use serde::Serialize;

@@ -1,5 +1,5 @@
-//! The dedup lifecycle of SPEC §5 as a pure decision, shared by the SQLite and DynamoDB ledgers
-//! so both hosts answer the same way.
+//! The dedup lifecycle of docs/contract.md#the-alert-lifecycle as a pure decision, shared by the
+//! SQLite and DynamoDB ledgers so both hosts answer the same way.
 
 use std::time::Duration;
 
@@ -124,7 +124,7 @@ pub fn decide(
 
 /// The namespace of an alert's dedup key: its provider, and for alerts that no signature covered
 /// a namespace of their own beside it, so an unsigned request can never open, match or resolve
-/// an incident that a signed request keyed (README, "Security").
+/// an incident that a signed request keyed (docs/security.md).
 pub fn namespace(provider: Provider, unsigned: bool) -> String {
     if unsigned {
         format!("{provider}:unsigned")

@@ -41,7 +41,7 @@ pub fn verify_and_normalize(
     let signed = check_signature(provider, headers, body, key, now_unix)?;
     let root = parse_object(body)?;
     if !signed {
-        // Only senders that cannot sign may skip the signature (SPEC §3).
+        // Only senders that cannot sign may skip the signature (docs/contract.md#authentication).
         let unsigned_ok = match provider {
             Provider::Datadog => true,
             Provider::Grafana => is_oncall_payload(&root),

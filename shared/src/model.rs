@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// `service` and `environment` longer than this many characters are cut.
 pub const MAX_NAME_CHARS: usize = 256;
 
-/// Titles longer than this many characters are cut (SPEC §2).
+/// Titles longer than this many characters are cut (docs/contract.md#what-identifies-an-alert).
 pub const MAX_TITLE_CHARS: usize = 1024;
 
 /// A monitoring tool that can post to `/v1/webhooks/{tenant}/{provider}`.
@@ -62,7 +62,7 @@ impl FromStr for Provider {
     }
 }
 
-/// Normalised severity (SPEC §6), most severe first.
+/// Normalised severity (docs/contract.md#severity), most severe first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -84,7 +84,8 @@ impl Severity {
         }
     }
 
-    /// The shared vocabulary of Grafana labels and generic alerts (SPEC §6), case-insensitive.
+    /// The shared vocabulary of Grafana labels and generic alerts (docs/contract.md#severity),
+    /// case-insensitive.
     pub fn from_label(s: &str) -> Option<Severity> {
         Some(match s.trim().to_ascii_lowercase().as_str() {
             "critical" | "crit" | "p1" => Severity::Critical,
@@ -118,7 +119,8 @@ pub enum AlertStatus {
     Ignored,
 }
 
-/// One alert as every provider's payload is normalised into (SPEC §2).
+/// One alert as every provider's payload is normalised into
+/// (docs/contract.md#what-identifies-an-alert).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
@@ -144,7 +146,7 @@ pub struct Alert {
     pub test: bool,
     /// No signature covered the request this alert came from (key-only Datadog or OnCall). Its
     /// dedup key lives in a namespace of its own, so it can never open, match or resolve an
-    /// incident that a signed request keyed (README, "Security"). Set by the normaliser from the
+    /// incident that a signed request keyed (docs/security.md). Set by the normaliser from the
     /// verification result, never from the payload.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsigned: bool,
@@ -193,7 +195,7 @@ fn non_empty(v: Option<&String>) -> Option<String> {
     v.filter(|s| !s.is_empty()).cloned()
 }
 
-/// The identity of an alert across requests (SPEC §5).
+/// The identity of an alert across requests (docs/contract.md#the-alert-lifecycle).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DedupKey {
     pub tenant_id: String,
@@ -326,7 +328,8 @@ impl IncidentStatus {
     }
 }
 
-/// An incident as recorded by triage and read back through the API (SPEC §6, §7).
+/// An incident as recorded by triage and read back through the API
+/// (docs/contract.md#triage-and-agents).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Incident {
@@ -360,7 +363,7 @@ pub enum TaskKind {
     Cancel,
 }
 
-/// One message to one investigation agent (SPEC §6).
+/// One message to one investigation agent (docs/contract.md#severity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DispatchTask {

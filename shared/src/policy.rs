@@ -1,5 +1,5 @@
-//! Triage policy: which agents investigate an incident of a given severity (SPEC §6), and the
-//! per-tenant override of that table.
+//! Triage policy: which agents investigate an incident of a given severity
+//! (docs/contract.md#triage-and-agents), and the per-tenant override of that table.
 
 use std::collections::BTreeMap;
 
@@ -7,12 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Provider, Severity};
 
-/// The agents SPEC §6 dispatches for `severity` on an alert from `provider`.
+/// The agents docs/contract.md#severity dispatches for `severity` on an alert from `provider`.
 pub fn default_agents(provider: Provider, severity: Severity) -> Vec<&'static str> {
     let mut agents = match severity {
         Severity::Critical => vec!["logs", "metrics", "traces", "deploys", "infrastructure"],
         Severity::High => vec!["logs", "metrics", "deploys"],
-        // "logs (errors for sentry, metrics for cloudwatch)": the provider's own signal replaces logs.
+        // "logs (errors for sentry, metrics for cloudwatch)": the provider's own signal replaces
+        // logs.
         Severity::Medium => match provider {
             Provider::Sentry => vec!["errors"],
             Provider::Cloudwatch => vec!["metrics"],
@@ -34,7 +35,8 @@ pub fn default_agents(provider: Provider, severity: Severity) -> Vec<&'static st
 pub struct AgentOverrides(pub BTreeMap<Severity, Vec<String>>);
 
 impl AgentOverrides {
-    /// The agents for an alert of this tenant: the override row where there is one, else SPEC §6.
+    /// The agents for an alert of this tenant: the override row where there is one, else the
+    /// default table (docs/contract.md#triage-and-agents).
     pub fn agents_for(&self, provider: Provider, severity: Severity) -> Vec<String> {
         match self.0.get(&severity) {
             Some(agents) => agents.clone(),

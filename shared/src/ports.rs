@@ -34,7 +34,7 @@ pub trait Directory: Send + Sync {
     async fn topic_allowed(&self, tenant_id: &str, topic_arn: &str) -> Result<bool, StoreError>;
 }
 
-/// The dedup lifecycle and the alert queue (SPEC §5).
+/// The dedup lifecycle and the alert queue (docs/contract.md#the-alert-lifecycle).
 #[async_trait]
 pub trait AlertLedger: Send + Sync {
     /// Applies the lifecycle to each alert in order and queues what triage must see. Alerts
@@ -156,7 +156,7 @@ pub trait KeyAdmin: Directory {
         key_id: &str,
         secret: &str,
     ) -> Result<(), StoreError>;
-    /// Replaces the tenant's agent table overrides (empty = the SPEC table).
+    /// Replaces the tenant's agent table overrides (empty = the default table of docs/contract.md).
     async fn set_agent_overrides(
         &self,
         tenant: &str,

@@ -1,6 +1,7 @@
 //! Amazon SNS HTTP(S) delivery: envelope parsing, the canonical string each message type signs,
 //! SigningCertURL / SubscribeURL validation (before any fetch), RSA signature verification
-//! (SignatureVersion 1 = SHA1withRSA, 2 = SHA256withRSA) and the certificate cache (SPEC §3).
+//! (SignatureVersion 1 = SHA1withRSA, 2 = SHA256withRSA) and the certificate cache
+//! (docs/contract.md#authentication).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,6 +1,6 @@
-//! Triage: turns queued alerts into incidents and agent tasks (SPEC §6). Idempotent, so a
-//! redelivered message changes nothing twice: incidents are written conditionally and each task
-//! has a stable id that the dispatcher publishes at most once.
+//! Triage: turns queued alerts into incidents and agent tasks (docs/contract.md#triage-and-agents).
+//! Idempotent, so a redelivered message changes nothing twice: incidents are written conditionally
+//! and each task has a stable id that the dispatcher publishes at most once.
 
 use std::sync::Arc;
 
@@ -195,7 +195,8 @@ pub fn task(incident: &Incident, agent: &str, kind: TaskKind, now: &str) -> Disp
     }
 }
 
-/// `taskId`: a stable hash of the incident id and the agent (SPEC §6), distinct for cancels.
+/// `taskId`: a stable hash of the incident id and the agent (docs/contract.md#triage-and-agents),
+/// distinct for cancels.
 pub fn task_id(incident_id: &str, agent: &str, kind: TaskKind) -> String {
     let mut h = Sha256::new();
     h.update(incident_id.as_bytes());

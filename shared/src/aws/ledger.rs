@@ -1,5 +1,6 @@
-//! The dedup lifecycle on DynamoDB + SQS (README, "How it is built"). A request's alerts are admitted
-//! with batched calls, so a full request fits well within the ingest function's timeout:
+//! The dedup lifecycle on DynamoDB + SQS (docs/architecture.md#the-admission-protocol). A request's
+//! alerts are admitted with batched calls, so a full request fits well within the ingest function's
+//! timeout:
 //!
 //! 1. one consistent `BatchGetItem` per 100 keys reads the alerts' dedup records;
 //! 2. each new incident claims its key with one conditional put (absent, expired, or a pending

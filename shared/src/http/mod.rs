@@ -1,5 +1,5 @@
-//! The HTTP API (SPEC §2-§7): one axum `Router` served by `causeflow serve` with `axum::serve`
-//! and by the ingest Lambda with `lambda_http::run`.
+//! The HTTP API (docs/contract.md): one axum `Router` served by `causeflow serve` through
+//! `http::server` and by the ingest Lambda with `lambda_http::run`.
 
 mod problem;
 mod ratelimit;
@@ -26,12 +26,12 @@ use crate::ingest::header_str;
 use crate::model::IncidentStatus;
 use crate::ports::{AlertLedger, Directory, IncidentQuery, IncidentStore, KeyRecord};
 
-/// Bodies above this are refused before parsing: SQS's message limit (SPEC §4).
+/// Bodies above this are refused before parsing: SQS's message limit (docs/contract.md#answers).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Most alerts one request may carry unless configured otherwise: more than any sender batches
 /// by default, few enough that a full request is admitted well within the ingest function's
-/// timeout (README, "Security").
+/// timeout (docs/security.md).
 pub const DEFAULT_MAX_ALERTS: usize = 500;
 
 /// Everything a request handler needs, built once per process.

@@ -1,5 +1,5 @@
 //! Per-tenant rate limiting (token bucket), answering 429 with `Retry-After`. Only requests that
-//! authenticated are charged, one token per alert they carry (README, "Security"), so neither
+//! authenticated are charged, one token per alert they carry (docs/security.md), so neither
 //! forged requests nor one huge notification can starve a tenant's real senders.
 
 use std::collections::HashMap;

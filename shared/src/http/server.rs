@@ -1,5 +1,5 @@
 //! The socket side of `causeflow serve`: an HTTP/1.1 server that is safe to leave open to the
-//! internet (README, "Security"). `axum::serve` runs hyper without timers, so a client that
+//! internet (docs/security.md). `axum::serve` runs hyper without timers, so a client that
 //! trickles a header line now and then holds its socket for ever; here every connection is
 //! bounded in time (header read, whole request, idle keep-alive) and in number (a cap with
 //! back-off, never an accept error loop).

@@ -1,7 +1,8 @@
-//! The cloudwatch provider straight from an Amazon SNS subscription (SPEC §3 (b)): the request
-//! carries no headers of ours, so it must prove itself with SNS's RSA signature, and the tenant
-//! must be proven by HTTP Basic credentials holding one of its API keys or by the topic being on
-//! its allow-list. Unbound requests are refused before any certificate is fetched.
+//! The cloudwatch provider straight from an Amazon SNS subscription
+//! (docs/contract.md#authentication): the request carries no headers of ours, so it must prove
+//! itself with SNS's RSA signature, and the tenant must be proven by HTTP Basic credentials holding
+//! one of its API keys or by the topic being on its allow-list. Unbound requests are refused before
+//! any certificate is fetched.
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! `POST /v1/webhooks/{tenantId}/{provider}`: authenticate, verify the signature over the raw
-//! bytes, parse, normalise, and hand the alerts to the ledger (SPEC §2-§5).
+//! bytes, parse, normalise, and hand the alerts to the ledger (docs/contract.md).
 
 use std::sync::Arc;
 
@@ -43,7 +43,7 @@ pub(super) async fn handle(
     }
 
     // Amazon SNS cannot send headers: without a key, a cloudwatch request must stand on SNS's
-    // own signature (SPEC §3 (b)).
+    // own signature (docs/contract.md#authentication).
     if provider == Provider::Cloudwatch && header_str(&headers, API_KEY).is_none() {
         return super::sns::handle(&app, &tenant, &headers, body).await;
     }
@@ -100,7 +100,7 @@ pub(super) async fn read_body(app: &AppState, body: Body) -> Result<axum::body::
         .to_bytes())
 }
 
-/// Hands normalised alerts to the ledger and answers 202, 409 or 200 (SPEC §4).
+/// Hands normalised alerts to the ledger and answers 202, 409 or 200 (docs/contract.md#answers).
 async fn admit(
     app: &AppState,
     tenant: &str,

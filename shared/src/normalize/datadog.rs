@@ -6,7 +6,8 @@ use super::{add_tag, alert, id_field, push_link, text_field, type_name, PayloadE
 use crate::model::{Alert, AlertStatus, Severity};
 
 pub(super) fn normalize(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
-    // SPEC §2: alert_cycle_key links a trigger to its recovery, so it is the best dedup key.
+    // docs/contract.md#what-identifies-an-alert: alert_cycle_key links a trigger to its recovery,
+    // so it is the best dedup key.
     let mut source_id = None;
     for key in ["alert_cycle_key", "alert_id", "aggreg_key", "id"] {
         if let Some(id) = id_field(root, key, "")? {

@@ -1,4 +1,5 @@
-//! The generic shape for tools without a dedicated provider (SPEC §2).
+//! The generic shape for tools without a dedicated provider
+//! (docs/contract.md#what-identifies-an-alert).
 
 use serde_json::{Map, Value};
 

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::model::{Alert, AlertStatus, Severity};
 
-/// Without a `severity` label, Grafana alerts are treated as high (SPEC §6).
+/// Without a `severity` label, Grafana alerts are treated as high (docs/contract.md#severity).
 const DEFAULT_SEVERITY: Severity = Severity::High;
 
 /// An OnCall outgoing webhook: these cannot be signed, so authentication needs the shape.
@@ -151,7 +151,8 @@ fn oncall(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
     ) {
         AlertStatus::Firing
     } else {
-        // acknowledge, unacknowledge, silence, unsilence, unresolve, status change: no new incident.
+        // acknowledge, unacknowledge, silence, unsilence, unresolve, status change: no new
+        // incident.
         AlertStatus::Acknowledged
     };
 

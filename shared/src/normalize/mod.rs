@@ -1,4 +1,5 @@
-//! Provider normalisers: each turns one provider's JSON payload into [`Alert`]s (SPEC §2).
+//! Provider normalisers: each turns one provider's JSON payload into [`Alert`]s
+//! (docs/contract.md#what-identifies-an-alert).
 //!
 //! They work on an already parsed `serde_json` object and never panic on shape: every field they
 //! read is checked, and a wrong type becomes a [`PayloadError`] naming the field and what was
@@ -56,7 +57,7 @@ pub struct Context<'a> {
     pub sentry_resource: Option<&'a str>,
     /// A verified signature covers every byte of `root`. Without one, the top-level
     /// `sourceAlertId` override is ignored and the alerts are marked [`Alert::unsigned`], which
-    /// keeps their dedup keys apart from signed ones (README, "Security").
+    /// keeps their dedup keys apart from signed ones (docs/security.md).
     pub signed: bool,
 }
 

@@ -26,7 +26,7 @@ pub(super) fn normalize(
     }
 }
 
-/// Sentry `level` (SPEC §6); unknown levels count as error.
+/// Sentry `level` (docs/contract.md#severity); unknown levels count as error.
 fn level_severity(level: Option<&str>) -> Severity {
     match level.map(|l| l.trim().to_ascii_lowercase()).as_deref() {
         Some("fatal") => Severity::Critical,
