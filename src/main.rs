@@ -116,8 +116,8 @@ enum DeadLettersCmd {
         #[command(flatten)]
         queue: QueueArgs,
     },
-    /// Admit dead-lettered alerts again (all, or those named by --id): each joins the incident
-    /// open for its key by now or opens a new one, and leaves the dead letters.
+    /// Queue dead-lettered alerts again under their own incident ids (all, or those named by
+    /// --id); a firing whose key another incident holds by now is dropped as a duplicate.
     Redrive {
         /// A dead letter's id, as `list` prints it; repeat for several. Default: all.
         #[arg(long = "id")]

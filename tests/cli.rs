@@ -803,7 +803,9 @@ fn dead_letters_are_listed_and_redriven() {
         "a letter was left, so the command says so"
     );
     let redriven: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Queued again under its own incident id, which takes the free key back.
     assert_eq!(redriven[0]["result"]["outcome"], "created", "{redriven}");
+    assert_eq!(redriven[0]["result"]["incidentId"], "inc_dead");
     assert!(redriven[1]["error"]
         .as_str()
         .unwrap()

@@ -369,3 +369,37 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let answer = read_until_closed(&mut third).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_alert_repeated_many_times_in_a_request_is_refused() {
+    let s = Server::start().await;
+    let alerts: Vec<Value> = (0..4)
+        .map(|_| json!({"status": "firing", "fingerprint": "same", "labels": {}}))
+        .collect();
+    let body = json!({"receiver": "x", "status": "firing", "alerts": alerts}).to_string();
+    let r = s.post("grafana", body.as_bytes(), true, &[]).await;
+    r.expect(400);
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("\"same\""),
+        "{}",
+        r.text
+    );
+    assert_eq!(s.dedup_rows().await, 0);
+    // Three times (firing, resolved, firing) is fine.
+    let alerts = json!([
+        {"status": "firing", "fingerprint": "same", "labels": {}},
+        {"status": "resolved", "fingerprint": "same", "labels": {}},
+        {"status": "firing", "fingerprint": "same", "labels": {}},
+        {"status": "firing", "fingerprint": "other", "labels": {}},
+    ]);
+    let body = json!({"receiver": "x", "status": "firing", "alerts": alerts}).to_string();
+    let r = s.post("grafana", body.as_bytes(), true, &[]).await;
+    r.expect(202);
+    let outcomes: Vec<&str> = r.json["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["created", "resolved", "created", "created"]);
+}

@@ -413,8 +413,9 @@ async fn agent_tasks_are_posted_to_the_agent_webhook_with_retries() {
     );
 }
 
-/// An incident store that is down: every triage of a firing fails.
-struct DownIncidents;
+/// An incident store whose writes are down, so every triage fails; reads go to the real store
+/// when there is one.
+struct DownIncidents(Option<std::sync::Arc<dyn IncidentStore>>);
 
 #[async_trait::async_trait]
 impl causeflow_shared::ports::IncidentStore for DownIncidents {
@@ -434,11 +435,14 @@ impl causeflow_shared::ports::IncidentStore for DownIncidents {
     }
     async fn get(
         &self,
-        _: &str,
-        _: &str,
+        tenant: &str,
+        incident: &str,
     ) -> Result<Option<causeflow_shared::model::Incident>, causeflow_shared::error::StoreError>
     {
-        Ok(None)
+        match &self.0 {
+            Some(real) => real.get(tenant, incident).await,
+            None => Ok(None),
+        }
     }
     async fn list(
         &self,
@@ -455,28 +459,58 @@ impl causeflow_shared::ports::IncidentStore for DownIncidents {
 async fn a_firing_that_fails_its_last_receive_releases_its_key() {
     use causeflow_shared::triage::{QueueRecord, Triage};
     let s = Server::start().await;
-    // Stop the server's own triage from taking the message: build the record by hand.
-    let first = s.generic("doomed", "firing").await;
-    first.expect(202);
-    let body = serde_json::json!({"tenantId": "acme", "provider": "generic", "incidentId": first.incident_id(),
-        "receivedAt": "2026-11-28T00:00:00Z",
-        "alert": {"sourceAlertId": "doomed", "status": "firing", "title": "t", "severity": "high"}});
+    // A key held by an incident that triage never managed to record.
+    s.app
+        .db
+        .write(|c| {
+            c.execute(
+                "INSERT INTO dedup(tenant_id, provider, source_alert_id, incident_id, pending, lease_until, expires_at)
+                 VALUES ('acme', 'generic', 'doomed', 'inc_never', 0, 0, 9999999999999)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let message = |id: &str, incident: &str| {
+        serde_json::json!({"tenantId": "acme", "provider": "generic", "incidentId": incident,
+            "receivedAt": "2026-11-28T00:00:00Z",
+            "alert": {"sourceAlertId": id, "status": "firing", "title": "t", "severity": "high"}})
+        .to_string()
+    };
     let broken = Triage {
-        incidents: std::sync::Arc::new(DownIncidents),
+        incidents: std::sync::Arc::new(DownIncidents(None)),
         ..s.app.triage.clone()
     };
-    let record = |receive_count| QueueRecord {
+    let record = |body: String, receive_count| QueueRecord {
         id: "1".into(),
-        body: body.to_string(),
+        body,
         receive_count,
     };
     // Failing an earlier receive keeps the key: redelivery may still succeed.
-    assert_eq!(broken.handle_batch(vec![record(4)]).await, ["1"]);
+    let body = message("doomed", "inc_never");
+    assert_eq!(
+        broken.handle_batch(vec![record(body.clone(), 4)]).await,
+        ["1"]
+    );
     s.generic("doomed", "firing").await.expect(409);
     // Failing the last one releases it: the next firing opens a new incident.
-    assert_eq!(broken.handle_batch(vec![record(5)]).await, ["1"]);
+    assert_eq!(broken.handle_batch(vec![record(body, 5)]).await, ["1"]);
     let again = s.generic("doomed", "firing").await;
     again.expect(202);
     assert_eq!(again.outcome(), "created");
-    assert_ne!(again.incident_id(), first.incident_id());
+    assert_ne!(again.incident_id(), "inc_never");
+
+    // A message whose incident was recorded (a dispatch failed after it) keeps its key, so
+    // the incident's resolve still reaches it.
+    let opened = s.generic("kept", "firing").await;
+    opened.expect(202);
+    s.wait_incident(&opened.incident_id(), |_| true).await;
+    let recorded = Triage {
+        incidents: std::sync::Arc::new(DownIncidents(Some(s.app.triage.incidents.clone()))),
+        ..s.app.triage.clone()
+    };
+    let body = message("kept", &opened.incident_id());
+    assert_eq!(recorded.handle_batch(vec![record(body, 5)]).await, ["1"]);
+    s.generic("kept", "firing").await.expect(409);
 }

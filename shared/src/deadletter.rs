@@ -1,7 +1,8 @@
 //! Dead letters: queued alerts that triage gave up on after the queue's last receive (their
-//! keys are released then, see [`crate::triage`]). An operator lists them and, once the cause
-//! is fixed, redrives them: each is admitted again through the ledger, so it joins the incident
-//! that is open for its key by then, or opens a new one (docs/operations.md#dead-letters).
+//! keys are released then, unless their incident was already recorded; see [`crate::triage`]).
+//! An operator lists them and, once the cause is fixed, redrives them: each is queued again under
+//! its own incident id through [`AlertLedger::requeue`], which takes the key back for it, or
+//! answers `duplicate` when another incident holds the key by now (docs/operations.md#dead-letters).
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -57,8 +58,8 @@ pub async fn list(letters: &dyn DeadLetters, limit: usize) -> Result<Vec<DeadLet
 #[serde(rename_all = "camelCase")]
 pub struct Redriven {
     pub id: String,
-    /// The admission's answer: `created`, `duplicate` (an incident is open for the key now),
-    /// `resolved` or `ignored`.
+    /// What became of it: `created` (queued again), `duplicate` (another incident holds the key
+    /// by now, so nothing was queued), `resolved` (the resolve was queued again) or `ignored`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<AlertResult>,
     /// Why it was left in place.
@@ -66,8 +67,8 @@ pub struct Redriven {
     pub error: Option<String>,
 }
 
-/// Admits up to `limit` dead letters again (only those in `ids`, when given) and removes each
-/// one that was admitted. A letter that is not a queued alert, or whose admission fails, stays.
+/// Queues up to `limit` dead letters again (only those in `ids`, when given) and removes each one
+/// that was requeued. A letter that is not a queued alert, or whose requeue fails, stays.
 pub async fn redrive(
     letters: &dyn DeadLetters,
     ledger: &dyn AlertLedger,
@@ -90,26 +91,18 @@ pub async fn redrive(
             left.push(letter);
             continue;
         };
-        let admitted = ledger
-            .admit(
-                &msg.tenant_id,
-                msg.provider,
-                std::slice::from_ref(&msg.alert),
-                chrono::Utc::now(),
-            )
-            .await;
-        let entry = match admitted {
-            Ok(mut results) => match letters.remove(&letter).await {
+        let entry = match ledger.requeue(&msg).await {
+            Ok(result) => match letters.remove(&letter).await {
                 Ok(()) => Redriven {
                     id: letter.id,
-                    result: results.pop(),
+                    result: Some(result),
                     error: None,
                 },
                 Err(e) => Redriven {
                     id: letter.id,
-                    result: results.pop(),
+                    result: Some(result),
                     error: Some(format!(
-                        "admitted, but removing the dead letter failed: {e}"
+                        "requeued, but removing the dead letter failed: {e}"
                     )),
                 },
             },
@@ -117,7 +110,7 @@ pub async fn redrive(
                 let entry = Redriven {
                     id: letter.id.clone(),
                     result: None,
-                    error: Some(format!("not admitted ({e}); left in place")),
+                    error: Some(format!("not requeued ({e}); left in place")),
                 };
                 left.push(letter);
                 entry
@@ -125,6 +118,9 @@ pub async fn redrive(
         };
         out.push(entry);
     }
-    letters.put_back(&left).await?;
+    // What was done stands even if putting the rest back fails: they reappear on their own.
+    if let Err(e) = letters.put_back(&left).await {
+        tracing::warn!(error = %e, "putting dead letters back failed; they reappear after their hold");
+    }
     Ok(out)
 }

@@ -131,6 +131,7 @@ impl Embedded {
             config.rate_limit,
         );
         state.max_alerts = config.max_alerts;
+        state.body_timeout = config.limits.request_timeout;
         let certs = CertCache::new(https.clone());
         if let Some(path) = &config.sns_certs {
             let n = certs.seed_from(path).map_err(StoreError::Invalid)?;

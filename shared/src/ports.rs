@@ -47,6 +47,13 @@ pub trait AlertLedger: Send + Sync {
         alerts: &[Alert],
         received_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<AlertResult>, StoreError>;
+
+    /// Queues a dead-lettered message again under its own incident id (`causeflow dead-letters
+    /// redrive`). A firing takes its key back when the key is free or still names its incident,
+    /// and is answered `duplicate` (nothing queued) when another incident holds the key by now; a
+    /// resolve is queued and releases a key that still names its incident. Triage is idempotent
+    /// by incident id, so a message that was partly triaged before is finished, not doubled.
+    async fn requeue(&self, msg: &crate::model::QueuedAlert) -> Result<AlertResult, StoreError>;
 }
 
 /// Gives up the dedup key of an alert that triage could not process, so the next firing opens a

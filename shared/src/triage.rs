@@ -94,6 +94,13 @@ impl Triage {
         if msg.alert.status != AlertStatus::Firing {
             return;
         }
+        // Once the incident is recorded (a dispatch failed after it), its key must keep naming
+        // it, or its resolve could never reach it.
+        if let Ok(Some(_)) = self.incidents.get(&msg.tenant_id, &msg.incident_id).await {
+            warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                  "alert dead-lettered after its incident was recorded; its key stays");
+            return;
+        }
         match self.keys.release(msg).await {
             Ok(()) => warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
                             "alert dead-lettered after its last receive; its dedup key is released"),

@@ -104,10 +104,10 @@ impl IngestConfig {
                 problem: format!("{}: use 1 to 100000", self.max_alerts),
             });
         }
-        if self.dedup.ttl.is_zero() {
+        if self.dedup.ttl.is_zero() || self.dedup.ttl > Duration::from_secs(8784 * 3600) {
             return Err(ConfigError {
                 name: "DEDUP_TTL_HOURS",
-                problem: "use a positive number of hours".into(),
+                problem: "use 1 to 8784 hours (one year)".into(),
             });
         }
         Ok(())
@@ -139,13 +139,24 @@ impl TriageConfig {
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(TriageConfig {
+        let config = TriageConfig {
             tenants_table: required("TENANTS_TABLE")?,
             incidents_table: required("INCIDENTS_TABLE")?,
             dispatch_table: required("DISPATCH_TABLE")?,
             agent_topic_arn: required("AGENT_TOPIC_ARN")?,
             dedup_table: required("DEDUP_TABLE")?,
             max_receives: number("MAX_RECEIVE_COUNT", crate::triage::MAX_RECEIVES as f64)? as u32,
-        })
+        };
+        // SQS's maxReceiveCount is 1 to 1000; a 0 would release keys on the first failure.
+        if !(1..=1000).contains(&config.max_receives) {
+            return Err(ConfigError {
+                name: "MAX_RECEIVE_COUNT",
+                problem: format!(
+                    "{}: use the alert queue's maxReceiveCount (1 to 1000)",
+                    config.max_receives
+                ),
+            });
+        }
+        Ok(config)
     }
 }

@@ -8,9 +8,11 @@ use super::item::unavailable;
 use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::error::StoreError;
 
-/// How long a taken dead letter stays hidden from other readers, should it not be put back
-/// (the command was killed): long enough to redrive a batch.
-const HIDE_SECS: i32 = 60;
+/// How long a taken dead letter stays hidden from other readers (and its receipt handle stays
+/// good), per letter taken: generous for one requeue. Put-back makes the rest visible at once.
+const HIDE_SECS_PER_LETTER: usize = 2;
+/// SQS's longest visibility timeout.
+const MAX_HIDE_SECS: usize = 12 * 3600;
 
 /// [`DeadLetters`] on the dead-letter queue (the stack's `AlertDeadLetterQueueUrl`).
 pub struct SqsDeadLetters {
@@ -38,7 +40,7 @@ impl DeadLetters for SqsDeadLetters {
                 .receive_message()
                 .queue_url(&self.url)
                 .max_number_of_messages(batch)
-                .visibility_timeout(HIDE_SECS)
+                .visibility_timeout((60 + limit * HIDE_SECS_PER_LETTER).min(MAX_HIDE_SECS) as i32)
                 .wait_time_seconds(1)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send()

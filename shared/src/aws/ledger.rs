@@ -32,7 +32,7 @@ use tracing::warn;
 use super::item::{get_bool, get_n, get_s, n, s, unavailable, Item};
 use crate::dedup::{decide, namespace, new_incident_id, Decision, DedupConfig, DedupRecord};
 use crate::error::StoreError;
-use crate::model::{Alert, AlertResult, AlertStatus, Provider, QueuedAlert};
+use crate::model::{Alert, AlertResult, AlertStatus, Outcome, Provider, QueuedAlert};
 use crate::ports::{AlertLedger, KeyRelease};
 
 /// Conditional writes of one request in flight at once.
@@ -93,9 +93,13 @@ fn claim_values(now: i64) -> Item {
     ])
 }
 
-/// What a claim that lost to the record `old` answers.
-fn held(old: Option<&Item>, now: i64) -> Result<Option<Decision>, StoreError> {
+/// What a claim that lost to the record `old` answers. A record naming our own incident is our
+/// claim: the SDK retried a call that had succeeded.
+fn held(old: Option<&Item>, ours: &str, now: i64) -> Result<Option<Decision>, StoreError> {
     let current = old.and_then(record);
+    if current.as_ref().is_some_and(|r| r.incident_id == ours) {
+        return Ok(None);
+    }
     match decide(current.as_ref(), AlertStatus::Firing, now, new_incident_id) {
         // Changed between the read and the put: let the sender retry.
         Decision::Create { .. } => Err(StoreError::Unavailable(
@@ -105,8 +109,9 @@ fn held(old: Option<&Item>, now: i64) -> Result<Option<Decision>, StoreError> {
     }
 }
 
-/// Runs `f` over `items` with at most [`PARALLEL_WRITES`] at once; results in input order.
-async fn bounded<T, R, F, Fut>(items: Vec<T>, f: F) -> Vec<R>
+/// Runs `f` over `items` with at most [`PARALLEL_WRITES`] at once; results in input order, `None`
+/// where a task panicked (callers treat that as a failure).
+async fn bounded<T, R, F, Fut>(items: Vec<T>, f: F) -> Vec<Option<R>>
 where
     T: Send + 'static,
     R: Send + 'static,
@@ -127,12 +132,10 @@ where
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((i, r)) => out[i] = Some(r),
-            // The futures do not panic; if one did, its slot stays empty and the caller answers
-            // 503 for it.
             Err(e) => warn!(error = %e, "a dedup write task failed"),
         }
     }
-    out.into_iter().flatten().collect()
+    out
 }
 
 /// One alert of the request on its way through admission.
@@ -339,6 +342,8 @@ impl DynamoLedger {
                 .keys
                 .ddb
                 .transact_write_items()
+                // Makes the SDK's own retry of this call idempotent.
+                .client_request_token(uuid::Uuid::new_v4().to_string())
                 .set_transact_items(Some(items))
                 .send()
                 .await;
@@ -365,7 +370,7 @@ impl DynamoLedger {
             let mut retry = Vec::new();
             for (p, reason) in open.drain(..).zip(reasons) {
                 if reason.code() == Some("ConditionalCheckFailed") {
-                    let r = held(reason.item.as_ref(), now);
+                    let r = held(reason.item.as_ref(), &p.msg.incident_id, now);
                     done.push((p, r));
                 } else {
                     retry.push(p);
@@ -403,7 +408,7 @@ impl DynamoLedger {
         };
         match e.as_service_error() {
             Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                held(c.item.as_ref(), now)
+                held(c.item.as_ref(), &p.msg.incident_id, now)
             }
             _ => Err(unavailable("claim dedup record", e)),
         }
@@ -494,7 +499,7 @@ impl DynamoLedger {
         }
         let this = self.clone();
         let bodies = Arc::new(bodies);
-        let sent = bounded(batches, move |batch| {
+        let sent = bounded(batches.clone(), move |batch| {
             let (this, bodies) = (this.clone(), bodies.clone());
             async move {
                 let entries: Vec<SendMessageBatchRequestEntry> = batch
@@ -531,7 +536,11 @@ impl DynamoLedger {
             }
         })
         .await;
-        sent.into_iter().flatten().collect()
+        // A batch whose task died counts as unsent, all of it.
+        sent.into_iter()
+            .zip(batches)
+            .flat_map(|(r, batch)| r.unwrap_or(batch))
+            .collect()
     }
 
     /// Admits alerts whose keys are all distinct.
@@ -649,7 +658,7 @@ impl DynamoLedger {
             }
         })
         .await;
-        for (i, r) in finished {
+        for (i, r) in finished.into_iter().flatten() {
             results[i] = Some(r);
         }
     }
@@ -714,6 +723,93 @@ impl AlertLedger for DynamoLedger {
         match first_error {
             Some(e) => Err(e),
             None => Ok(out),
+        }
+    }
+
+    async fn requeue(&self, msg: &QueuedAlert) -> Result<AlertResult, StoreError> {
+        let now = crate::now_ms();
+        let ns = namespace(msg.provider, msg.alert.unsigned);
+        let pk = dedup_pk(&msg.tenant_id, &ns, &msg.alert.source_alert_id);
+        match msg.alert.status {
+            AlertStatus::Firing => self.requeue_firing(msg, &pk, now).await,
+            AlertStatus::Resolved => {
+                self.send_one(msg).await?;
+                self.keys.delete(&pk, &msg.incident_id, false).await?;
+                Ok(AlertResult {
+                    source_alert_id: msg.alert.source_alert_id.clone(),
+                    incident_id: Some(msg.incident_id.clone()),
+                    outcome: Outcome::Resolved,
+                })
+            }
+            _ => Ok(AlertResult {
+                source_alert_id: msg.alert.source_alert_id.clone(),
+                incident_id: None,
+                outcome: Outcome::Ignored,
+            }),
+        }
+    }
+}
+
+/// The condition under which a dead-lettered firing takes its key back: the key is free,
+/// expired, abandoned, or still its own.
+const REQUEUE_CONDITION: &str =
+    "attribute_not_exists(pk) OR expiresAt <= :now OR incidentId = :id \
+     OR (pending = :yes AND leaseUntil <= :now)";
+
+impl DynamoLedger {
+    async fn requeue_firing(
+        &self,
+        msg: &QueuedAlert,
+        pk: &str,
+        now: i64,
+    ) -> Result<AlertResult, StoreError> {
+        let ttl_ms = self.config.ttl.as_millis() as i64;
+        let mut values = claim_values(now);
+        values.insert(":id".into(), s(&msg.incident_id));
+        let put = self
+            .keys
+            .ddb
+            .put_item()
+            .table_name(&self.keys.table)
+            .item("pk", s(pk))
+            .item("incidentId", s(&msg.incident_id))
+            .item("pending", AttributeValue::Bool(false))
+            .item("leaseUntil", n(now))
+            .item("expiresAt", n(now + ttl_ms))
+            .item("ttl", n((now + ttl_ms) / 1000 + 1))
+            .condition_expression(REQUEUE_CONDITION)
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(OnFail::AllOld)
+            .send()
+            .await;
+        if let Err(e) = put {
+            let old = match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => c.item.clone(),
+                _ => return Err(unavailable("take the key back", e)),
+            };
+            let holder = old.as_ref().and_then(record).map(|r| r.incident_id);
+            return Ok(AlertResult {
+                source_alert_id: msg.alert.source_alert_id.clone(),
+                incident_id: holder,
+                outcome: Outcome::Duplicate,
+            });
+        }
+        // If the send fails the key names this incident, so the next redrive finds it its own.
+        self.send_one(msg).await?;
+        Ok(AlertResult {
+            source_alert_id: msg.alert.source_alert_id.clone(),
+            incident_id: Some(msg.incident_id.clone()),
+            outcome: Outcome::Created,
+        })
+    }
+
+    async fn send_one(&self, msg: &QueuedAlert) -> Result<(), StoreError> {
+        if self.send_all(&[msg]).await.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "send to the alert queue failed".into(),
+            ))
         }
     }
 }

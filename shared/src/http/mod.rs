@@ -43,6 +43,9 @@ pub struct AppState {
     pub max_body: usize,
     /// Alerts one request may carry; more is refused with 413 `too_many_alerts`.
     pub max_alerts: usize,
+    /// Longest wait for a request's body; a body that is slower is answered 408 before anything
+    /// is recorded.
+    pub body_timeout: std::time::Duration,
     /// CloudWatch straight from SNS (signature, binding, confirmation); `None` refuses it.
     pub sns: Option<SnsSupport>,
 }
@@ -61,6 +64,7 @@ impl AppState {
             limiter: RateLimiter::new(rate_limit),
             max_body: MAX_BODY_BYTES,
             max_alerts: DEFAULT_MAX_ALERTS,
+            body_timeout: std::time::Duration::from_secs(15),
             sns: None,
         }
     }

@@ -35,7 +35,8 @@ pub struct ServerLimits {
     /// From a request's first byte (or from accept, for a connection's first request) to its
     /// last header line.
     pub header_timeout: Duration,
-    /// From the end of the headers to the end of the answer, body read included.
+    /// From the end of the headers to the end of the body (408 beyond, nothing recorded). The
+    /// whole answer is bounded at twice this (503 beyond, which senders retry).
     pub request_timeout: Duration,
     /// How long a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
@@ -281,14 +282,19 @@ async fn connection(
         let (router, phase) = (router.clone(), service_phase.clone());
         async move {
             phase.set(IN_REQUEST);
-            let answered =
-                tokio::time::timeout(limits.request_timeout, router.oneshot(req.map(Body::new)))
-                    .await;
+            // The body read answers 408 itself (http::webhook). This outer bound catches an
+            // answer that hangs after it; the alert may have been recorded by then, so the
+            // answer is a 503, which senders retry and which then meets the record as a 409.
+            let answered = tokio::time::timeout(
+                limits.request_timeout * 2,
+                router.oneshot(req.map(Body::new)),
+            )
+            .await;
             phase.set(IDLE);
             let resp = match answered {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},
-                Err(_) => request_timeout(limits.request_timeout),
+                Err(_) => too_slow(),
             };
             Ok::<_, Infallible>(resp)
         }
@@ -335,10 +341,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// The 408 answer of a request that did not finish within the request timeout; hyper closes
-/// the connection after it, since the body was not read to its end.
-fn request_timeout(limit: Duration) -> axum::response::Response {
-    let mut resp = ApiError::RequestTimeout(limit).into_response();
+/// The answer of a request that outlasted its bound; the connection is closed after it.
+fn too_slow() -> axum::response::Response {
+    let mut resp = ApiError::Unavailable(
+        "The request took too long to answer; retry it (if it was recorded meanwhile, the retry \
+         is answered as a duplicate)."
+            .into(),
+    )
+    .into_response();
     resp.headers_mut().insert(
         http::header::CONNECTION,
         http::HeaderValue::from_static("close"),

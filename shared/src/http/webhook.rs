@@ -77,27 +77,57 @@ pub(super) async fn admit_charged(
             limit: app.max_alerts,
         });
     }
+    if let Normalized::Alerts(alerts) = &normalized {
+        check_repeats(alerts)?;
+    }
     app.limiter
         .check(tenant, count)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     admit(app, tenant, provider, normalized).await
 }
 
-/// Reads the body, refusing more than the limit while reading (413).
+/// Reads the body, refusing more than the limit while reading (413) and a body slower than the
+/// body timeout (408): both before anything is decided or recorded.
 pub(super) async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    Ok(Limited::new(body, app.max_body)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::PayloadTooLarge {
-                    limit: app.max_body,
+    Ok(
+        tokio::time::timeout(app.body_timeout, Limited::new(body, app.max_body).collect())
+            .await
+            .map_err(|_| ApiError::RequestTimeout(app.body_timeout))?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ApiError::PayloadTooLarge {
+                        limit: app.max_body,
+                    }
+                } else {
+                    ApiError::InvalidPayload(format!("the body could not be read: {e}"))
                 }
-            } else {
-                ApiError::InvalidPayload(format!("the body could not be read: {e}"))
-            }
-        })?
-        .to_bytes())
+            })?
+            .to_bytes(),
+    )
+}
+
+/// Most times one request may name the same alert. Each repeat is applied after the previous
+/// one, which on AWS costs a round of calls, so the count is bounded; no sender repeats an alert
+/// more than firing, resolved, firing in one notification.
+pub const MAX_REPEATS: usize = 3;
+
+fn check_repeats(alerts: &[crate::model::Alert]) -> Result<(), ApiError> {
+    if alerts.len() <= MAX_REPEATS {
+        return Ok(());
+    }
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for a in alerts {
+        let n = seen.entry(a.source_alert_id.as_str()).or_default();
+        *n += 1;
+        if *n > MAX_REPEATS {
+            return Err(ApiError::InvalidPayload(format!(
+                "alert id {:?} appears more than {MAX_REPEATS} times in one request: send each \
+                 alert once per notification",
+                a.source_alert_id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Hands normalised alerts to the ledger and answers 202, 409 or 200 (docs/contract.md#answers).

@@ -83,19 +83,15 @@ impl AlertLedger for SqliteLedger {
                     let decision = decide(existing.as_ref(), alert.status, now, new_incident_id);
                     match &decision {
                         Decision::Create { incident_id } => {
-                            c.prepare_cached(
-                                "INSERT OR REPLACE INTO dedup(tenant_id, provider, source_alert_id,
-                                    incident_id, pending, lease_until, expires_at)
-                                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
-                            )?
-                            .execute(params![
-                                tenant,
+                            put_queued(
+                                c,
+                                &tenant,
                                 p,
-                                alert.source_alert_id,
+                                &alert.source_alert_id,
                                 incident_id,
                                 now,
-                                now + ttl_ms
-                            ])?;
+                                ttl_ms,
+                            )?;
                         }
                         Decision::Resolve { .. } => {
                             release(c, &tenant, p, &alert.source_alert_id)?;
@@ -145,6 +141,74 @@ impl AlertLedger for SqliteLedger {
         }
         Ok(results)
     }
+
+    async fn requeue(&self, msg: &QueuedAlert) -> Result<AlertResult, StoreError> {
+        let msg = msg.clone();
+        let ttl_ms = self.config.ttl.as_millis() as i64;
+        let result = self
+            .db
+            .write(move |c| {
+                let now = crate::now_ms();
+                let ns = namespace(msg.provider, msg.alert.unsigned);
+                let (t, id) = (&msg.tenant_id, &msg.alert.source_alert_id);
+                let existing = load(c, t, &ns, id)?;
+                let own = existing
+                    .as_ref()
+                    .is_some_and(|r| r.incident_id == msg.incident_id);
+                let outcome = match msg.alert.status {
+                    AlertStatus::Firing => match existing.filter(|r| r.is_live(now) && !own) {
+                        Some(other) => {
+                            return Ok(AlertResult {
+                                source_alert_id: id.clone(),
+                                incident_id: Some(other.incident_id),
+                                outcome: Outcome::Duplicate,
+                            })
+                        }
+                        None => {
+                            put_queued(c, t, &ns, id, &msg.incident_id, now, ttl_ms)?;
+                            Outcome::Created
+                        }
+                    },
+                    AlertStatus::Resolved => {
+                        if own {
+                            release(c, t, &ns, id)?;
+                        }
+                        Outcome::Resolved
+                    }
+                    _ => Outcome::Ignored,
+                };
+                if outcome != Outcome::Ignored {
+                    enqueue(c, &msg, now)?;
+                }
+                Ok(AlertResult {
+                    source_alert_id: id.clone(),
+                    incident_id: Some(msg.incident_id.clone()),
+                    outcome,
+                })
+            })
+            .await?;
+        self.db.signals().queued.notify_one();
+        Ok(result)
+    }
+}
+
+/// The record a firing holds once queued: not pending, expiring after the TTL.
+fn put_queued(
+    c: &Connection,
+    t: &str,
+    p: &str,
+    id: &str,
+    incident_id: &str,
+    now: i64,
+    ttl_ms: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO dedup(tenant_id, provider, source_alert_id,
+            incident_id, pending, lease_until, expires_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
+    )?
+    .execute(params![t, p, id, incident_id, now, now + ttl_ms])?;
+    Ok(())
 }
 
 #[async_trait]
