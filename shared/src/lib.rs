@@ -23,6 +23,7 @@ pub mod sns;
 #[cfg(feature = "embedded")]
 pub mod sqlite;
 pub mod triage;
+pub mod validate;
 
 /// Current Unix time in milliseconds.
 pub fn now_ms() -> i64 {

@@ -9,10 +9,8 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::now_ms;
 use crate::policy::AgentOverrides;
-use crate::ports::{
-    check_tenant_id, check_topic_arn, clean_sentry_secret, Directory, KeyAdmin, KeyRecord,
-    KeySummary,
-};
+use crate::ports::{Directory, KeyAdmin, KeyRecord, KeySummary};
+use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 
 /// [`Directory`] and [`KeyAdmin`] on the keys and tenants tables.
 #[derive(Clone)]

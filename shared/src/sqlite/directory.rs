@@ -10,9 +10,9 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::AgentOverrides;
 use crate::ports::{
-    check_tenant_id, check_topic_arn, clean_sentry_secret, Directory, KeyAdmin, KeyRecord,
-    KeySummary, Subscription, SubscriptionState, Subscriptions,
+    Directory, KeyAdmin, KeyRecord, KeySummary, Subscription, SubscriptionState, Subscriptions,
 };
+use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 
 /// Tenants and keys stored in the embedded database.
 #[derive(Clone)]
