@@ -5,6 +5,7 @@
 use std::hint::black_box;
 
 use causeflow_shared::auth::sign;
+use causeflow_shared::http::request_headers;
 use causeflow_shared::ingest::verify_and_normalize;
 use causeflow_shared::model::Provider;
 use causeflow_shared::ports::KeyRecord;
@@ -86,8 +87,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify_parse_normalize", |b| {
         b.iter(|| {
             black_box(
-                verify_and_normalize(Provider::Grafana, &headers, black_box(&body), &key, now)
-                    .unwrap(),
+                verify_and_normalize(
+                    Provider::Grafana,
+                    &request_headers(Provider::Grafana, &headers),
+                    black_box(&body),
+                    &key,
+                    now,
+                )
+                .unwrap(),
             )
         })
     });

@@ -352,15 +352,7 @@ pub fn topic_region(topic_arn: &str) -> Option<&str> {
 
 /// Refuses an SNS delivery whose `x-amz-sns-message-type` header disagrees with the body's
 /// `Type`, on every path that reads an SNS envelope (direct or forwarded).
-pub fn check_type_header(
-    headers: &http::HeaderMap,
-    root: &Map<String, Value>,
-) -> Result<(), SnsError> {
-    let header = headers
-        .get("x-amz-sns-message-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
+pub fn check_type_header(header: Option<&str>, root: &Map<String, Value>) -> Result<(), SnsError> {
     match (header, root.get("Type")) {
         (Some(h), Some(Value::String(t))) if h != t => Err(SnsError::Invalid(format!(
             "x-amz-sns-message-type {h:?} disagrees with the message Type {t:?}"

@@ -1,6 +1,8 @@
 //! The HTTP API (docs/contract.md): one axum `Router` served by `causeflow serve` through
 //! `http::server` and by the ingest Lambda with `lambda_http::run`.
 
+mod admission;
+mod headers;
 mod problem;
 mod ratelimit;
 #[cfg(feature = "embedded")]
@@ -22,9 +24,9 @@ pub use ratelimit::{RateLimit, RateLimiter};
 pub use sns::SnsSupport;
 
 use crate::auth::hash_api_key;
-use crate::ingest::header_str;
 use crate::model::IncidentStatus;
 use crate::ports::{AlertLedger, Directory, IncidentQuery, IncidentStore, KeyRecord};
+pub use headers::{header_str, request_headers};
 
 /// Bodies above this are refused before parsing: SQS's message limit (docs/contract.md#answers).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;

@@ -70,6 +70,20 @@ impl From<PayloadError> for ApiError {
     }
 }
 
+impl From<crate::ingest::IngestError> for ApiError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError as E;
+        match e {
+            E::MissingSignature(d) => ApiError::MissingSignature(d),
+            E::SignatureMismatch(d) => ApiError::SignatureMismatch(d),
+            E::StaleTimestamp(d) => ApiError::StaleTimestamp(d),
+            E::InvalidBody(d) => ApiError::InvalidPayload(d),
+            E::Payload(p) => p.into(),
+            E::Sns(d) => ApiError::BadRequest(d),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -15,9 +15,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::webhook::{admit_charged, read_body};
+use super::admission::{admit_charged, read_body};
+use super::headers::{header_str, SNS_MESSAGE_TYPE};
 use super::{ApiError, AppState};
-use crate::ingest::header_str;
 use crate::model::Provider;
 use crate::normalize::{normalize, Context};
 use crate::ports::{Subscription, SubscriptionConfirmer, SubscriptionState, Subscriptions};
@@ -89,7 +89,7 @@ pub(super) async fn handle(
         return Err(missing_key());
     }
     let msg = sns::parse(&root).map_err(sns_error)?;
-    sns::check_type_header(headers, &root).map_err(sns_error)?;
+    sns::check_type_header(header_str(headers, SNS_MESSAGE_TYPE), &root).map_err(sns_error)?;
 
     sns::check_origin(&msg, chrono::Utc::now()).map_err(sns_error)?;
     // Tenant binding first: unbound requests never cause an outbound fetch.

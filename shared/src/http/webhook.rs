@@ -5,19 +5,15 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use http_body_util::{BodyExt, Limited};
-use serde_json::json;
-use tracing::{info, instrument};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use tracing::instrument;
 
+use super::admission::{admit_charged, read_body};
+use super::headers::{header_str, request_headers, API_KEY};
 use super::{ApiError, AppState};
-use crate::ingest::{header_str, verify_and_normalize};
-use crate::model::{Outcome, Provider};
-use crate::normalize::Normalized;
-
-pub(super) const API_KEY: &str = "x-api-key";
+use crate::ingest::verify_and_normalize;
+use crate::model::Provider;
 
 #[instrument(skip_all, fields(tenant = %tenant, provider = %provider))]
 pub(super) async fn handle(
@@ -51,138 +47,12 @@ pub(super) async fn handle(
     let bytes = read_body(&app, body).await?;
     let normalized = verify_and_normalize(
         provider,
-        &headers,
+        &request_headers(provider, &headers),
         &bytes,
         &key,
         chrono::Utc::now().timestamp(),
     )?;
     admit_charged(&app, &tenant, provider, normalized).await
-}
-
-/// Charges an authenticated, verified request to the tenant's rate, one token per alert, after
-/// refusing more alerts than one request may carry; then admits it.
-pub(super) async fn admit_charged(
-    app: &AppState,
-    tenant: &str,
-    provider: Provider,
-    normalized: Normalized,
-) -> Result<Response, ApiError> {
-    let count = match &normalized {
-        Normalized::Alerts(a) => a.len(),
-        Normalized::NotAnAlert { .. } => 1,
-    };
-    if count > app.max_alerts {
-        return Err(ApiError::TooManyAlerts {
-            count,
-            limit: app.max_alerts,
-        });
-    }
-    if let Normalized::Alerts(alerts) = &normalized {
-        check_repeats(alerts)?;
-    }
-    app.limiter
-        .check(tenant, count)
-        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    admit(app, tenant, provider, normalized).await
-}
-
-/// Reads the body, refusing more than the limit while reading (413) and a body slower than the
-/// body timeout (408): both before anything is decided or recorded.
-pub(super) async fn read_body(app: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    Ok(
-        tokio::time::timeout(app.body_timeout, Limited::new(body, app.max_body).collect())
-            .await
-            .map_err(|_| ApiError::RequestTimeout(app.body_timeout))?
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ApiError::PayloadTooLarge {
-                        limit: app.max_body,
-                    }
-                } else {
-                    ApiError::InvalidPayload(format!("the body could not be read: {e}"))
-                }
-            })?
-            .to_bytes(),
-    )
-}
-
-/// Most times one request may name the same alert. Each repeat is applied after the previous
-/// one, which on AWS costs a round of calls, so the count is bounded; no sender repeats an alert
-/// more than firing, resolved, firing in one notification.
-pub const MAX_REPEATS: usize = 3;
-
-fn check_repeats(alerts: &[crate::model::Alert]) -> Result<(), ApiError> {
-    if alerts.len() <= MAX_REPEATS {
-        return Ok(());
-    }
-    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for a in alerts {
-        let n = seen.entry(a.source_alert_id.as_str()).or_default();
-        *n += 1;
-        if *n > MAX_REPEATS {
-            return Err(ApiError::InvalidPayload(format!(
-                "alert id {:?} appears more than {MAX_REPEATS} times in one request: send each \
-                 alert once per notification",
-                a.source_alert_id
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Hands normalised alerts to the ledger and answers 202, 409 or 200 (docs/contract.md#answers).
-async fn admit(
-    app: &AppState,
-    tenant: &str,
-    provider: Provider,
-    normalized: Normalized,
-) -> Result<Response, ApiError> {
-    let alerts = match normalized {
-        Normalized::NotAnAlert { what } => {
-            info!(%what, "acknowledged a non-alert event");
-            return Ok((
-                StatusCode::OK,
-                Json(json!({
-                    "tenantId": tenant, "provider": provider, "alerts": [],
-                    "detail": format!("{what} acknowledged; it is not an alert, so nothing was created."),
-                })),
-            )
-                .into_response());
-        }
-        Normalized::Alerts(a) => a,
-    };
-
-    let results = app
-        .ledger
-        .admit(tenant, provider, &alerts, chrono::Utc::now())
-        .await
-        .inspect_err(|e| tracing::error!(error = %e, "ledger admit failed"))?;
-
-    let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
-    info!(
-        alerts = results.len(),
-        created = count(Outcome::Created),
-        duplicate = count(Outcome::Duplicate),
-        resolved = count(Outcome::Resolved),
-        "webhook accepted"
-    );
-    let status = if results.iter().any(|r| {
-        matches!(
-            r.outcome,
-            Outcome::Created | Outcome::Resolved | Outcome::Ignored
-        )
-    }) {
-        StatusCode::ACCEPTED
-    } else if results.iter().any(|r| r.outcome == Outcome::Duplicate) {
-        return Err(ApiError::Duplicate { alerts: results });
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(json!({ "tenantId": tenant, "provider": provider, "alerts": results })),
-    )
-        .into_response())
 }
 
 fn check_content_type(headers: &HeaderMap, provider: Provider) -> Result<(), ApiError> {
