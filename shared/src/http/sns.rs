@@ -21,7 +21,7 @@ use super::{ApiError, AppState};
 use crate::model::Provider;
 use crate::normalize::{normalize, Context};
 use crate::ports::{Subscription, SubscriptionConfirmer, SubscriptionState, Subscriptions};
-use crate::sns::{self, CertCache, SnsError, SnsType};
+use crate::sns::{self, CertCache, SnsError, SnsMessage, SnsType};
 
 /// What the SNS path needs besides the shared state; absent when the host does not offer it.
 pub struct SnsSupport {
@@ -90,103 +90,150 @@ pub(super) async fn handle(
     }
     let msg = sns::parse(&root).map_err(sns_error)?;
     sns::check_type_header(header_str(headers, SNS_MESSAGE_TYPE), &root).map_err(sns_error)?;
-
     sns::check_origin(&msg, chrono::Utc::now()).map_err(sns_error)?;
     // Tenant binding first: unbound requests never cause an outbound fetch.
-    match basic_key(headers) {
-        Some(key) => {
-            super::tenant_key(app, tenant, &key)
-                .await
-                .map_err(|e| match e {
-                    ApiError::InvalidApiKey => ApiError::Challenge(Box::new(e)),
-                    other => other,
-                })?;
-        }
-        None => {
-            if !app.directory.topic_allowed(tenant, &msg.topic_arn).await? {
-                return Err(ApiError::Challenge(Box::new(ApiError::MissingApiKey(
-                    "Authorization (HTTP Basic with an API key as the password, or an allow-listed topic)",
-                ))));
-            }
-        }
-    }
+    bind_tenant(app, tenant, headers, &msg.topic_arn).await?;
     support.certs.verify(&msg).await.map_err(sns_error)?;
-    // Only a verified message is charged to the tenant's rate: forged posts must not spend it.
-    // SNS counts any 4xx as delivered, so a 429 would drop the alarm: over-rate SNS deliveries
-    // get a 503, the one answer SNS retries.
-    let over_rate = |retry_after: std::time::Duration| {
-        ApiError::Unavailable(format!(
-            "This tenant is over its request rate; SNS will retry (after about {} s).",
-            retry_after.as_secs().max(1)
-        ))
-    };
+    match msg.kind {
+        SnsType::Notification => notification(app, tenant, &msg).await,
+        SnsType::SubscriptionConfirmation => confirmation(app, support, tenant, &msg).await,
+        SnsType::UnsubscribeConfirmation => unsubscribe(app, support, tenant, &msg).await,
+    }
+}
 
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let record = |state: SubscriptionState, arn: Option<String>| Subscription {
+/// Proves the request is the tenant's: HTTP Basic credentials holding one of its API keys, or
+/// the topic on its allow-list. Refused requests are challenged, so SNS sends credentials.
+async fn bind_tenant(
+    app: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    topic_arn: &str,
+) -> Result<(), ApiError> {
+    match basic_key(headers) {
+        Some(key) => super::tenant_key(app, tenant, &key)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                ApiError::InvalidApiKey => ApiError::Challenge(Box::new(e)),
+                other => other,
+            }),
+        None if app.directory.topic_allowed(tenant, topic_arn).await? => Ok(()),
+        None => Err(ApiError::Challenge(Box::new(ApiError::MissingApiKey(
+            "Authorization (HTTP Basic with an API key as the password, or an allow-listed topic)",
+        )))),
+    }
+}
+
+/// SNS counts any 4xx as delivered, so a 429 would drop the alarm: over-rate SNS deliveries get
+/// a 503, the one answer SNS retries. Only verified messages are charged, so forged posts never
+/// spend the tenant's rate.
+fn over_rate(retry_after: std::time::Duration) -> ApiError {
+    ApiError::Unavailable(format!(
+        "This tenant is over its request rate; SNS will retry (after about {} s).",
+        retry_after.as_secs().max(1)
+    ))
+}
+
+/// A verified alarm notification: normalised from the signed fields alone.
+async fn notification(
+    app: &AppState,
+    tenant: &str,
+    msg: &SnsMessage,
+) -> Result<Response, ApiError> {
+    let ctx = Context {
+        signed: true,
+        ..Context::default()
+    };
+    let normalized = normalize(Provider::Cloudwatch, &msg.signed_envelope(), ctx)?;
+    admit_charged(app, tenant, Provider::Cloudwatch, normalized)
+        .await
+        .map_err(|e| match e {
+            ApiError::RateLimited { retry_after } => over_rate(retry_after),
+            other => other,
+        })
+}
+
+fn subscription(
+    tenant: &str,
+    msg: &SnsMessage,
+    state: SubscriptionState,
+    arn: Option<String>,
+) -> Subscription {
+    Subscription {
         tenant_id: tenant.to_owned(),
         topic_arn: msg.topic_arn.clone(),
         state,
         subscription_arn: arn,
-        updated_at: now.clone(),
-    };
-    match msg.kind {
-        SnsType::Notification => {
-            let ctx = Context {
-                signed: true,
-                ..Context::default()
-            };
-            let normalized = normalize(Provider::Cloudwatch, &msg.signed_envelope(), ctx)?;
-            admit_charged(app, tenant, Provider::Cloudwatch, normalized)
-                .await
-                .map_err(|e| match e {
-                    ApiError::RateLimited { retry_after } => over_rate(retry_after),
-                    other => other,
-                })
-        }
-        SnsType::SubscriptionConfirmation => {
-            app.limiter.check(tenant, 1).map_err(over_rate)?;
-            let url = sns::check_subscribe_url(msg.subscribe_url.as_deref().unwrap_or_default())
-                .map_err(sns_error)?;
+        updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
+/// A verified SubscriptionConfirmation: confirmed at once (its SubscribeURL checked first).
+async fn confirmation(
+    app: &AppState,
+    support: &SnsSupport,
+    tenant: &str,
+    msg: &SnsMessage,
+) -> Result<Response, ApiError> {
+    app.limiter.check(tenant, 1).map_err(over_rate)?;
+    let url = sns::check_subscribe_url(msg.subscribe_url.as_deref().unwrap_or_default())
+        .map_err(sns_error)?;
+    support
+        .subscriptions
+        .record(&subscription(tenant, msg, SubscriptionState::Pending, None))
+        .await?;
+    let token = msg.token.as_deref().unwrap_or_default();
+    match support.confirmer.confirm(&msg.topic_arn, token, &url).await {
+        Ok(arn) => {
             support
                 .subscriptions
-                .record(&record(SubscriptionState::Pending, None))
+                .record(&subscription(
+                    tenant,
+                    msg,
+                    SubscriptionState::Confirmed,
+                    arn.clone(),
+                ))
                 .await?;
-            let token = msg.token.as_deref().unwrap_or_default();
-            match support.confirmer.confirm(&msg.topic_arn, token, &url).await {
-                Ok(arn) => {
-                    support
-                        .subscriptions
-                        .record(&record(SubscriptionState::Confirmed, arn.clone()))
-                        .await?;
-                    info!(topic = %msg.topic_arn, "SNS subscription confirmed");
-                    Ok((
-                        StatusCode::OK,
-                        Json(json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "confirmed", "subscriptionArn": arn})),
-                    )
-                        .into_response())
-                }
-                Err(e) => {
-                    warn!(topic = %msg.topic_arn, error = %e, "SNS subscription confirmation failed");
-                    // 503 is the only answer SNS retries.
-                    Err(ApiError::Unavailable(
-                        "confirming the SNS subscription failed; SNS will retry the confirmation"
-                            .into(),
-                    ))
-                }
-            }
-        }
-        SnsType::UnsubscribeConfirmation => {
-            app.limiter.check(tenant, 1).map_err(over_rate)?;
-            support
-                .subscriptions
-                .record(&record(SubscriptionState::Unsubscribed, None))
-                .await?;
-            info!(topic = %msg.topic_arn, "SNS unsubscribe acknowledged (not re-confirmed)");
+            info!(topic = %msg.topic_arn, "SNS subscription confirmed");
             Ok((
                 StatusCode::OK,
-                Json(json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "unsubscribed"})),
+                Json(json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "confirmed", "subscriptionArn": arn})),
             )
                 .into_response())
         }
+        Err(e) => {
+            warn!(topic = %msg.topic_arn, error = %e, "SNS subscription confirmation failed");
+            // 503 is the only answer SNS retries.
+            Err(ApiError::Unavailable(
+                "confirming the SNS subscription failed; SNS will retry the confirmation".into(),
+            ))
+        }
     }
+}
+
+/// A verified UnsubscribeConfirmation: recorded, never confirmed (that would subscribe again).
+async fn unsubscribe(
+    app: &AppState,
+    support: &SnsSupport,
+    tenant: &str,
+    msg: &SnsMessage,
+) -> Result<Response, ApiError> {
+    app.limiter.check(tenant, 1).map_err(over_rate)?;
+    support
+        .subscriptions
+        .record(&subscription(
+            tenant,
+            msg,
+            SubscriptionState::Unsubscribed,
+            None,
+        ))
+        .await?;
+    info!(topic = %msg.topic_arn, "SNS unsubscribe acknowledged (not re-confirmed)");
+    Ok((
+        StatusCode::OK,
+        Json(
+            json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "unsubscribed"}),
+        ),
+    )
+        .into_response())
 }
