@@ -15,7 +15,9 @@ use causeflow_shared::http::RateLimit;
 use causeflow_shared::model::{IncidentStatus, Severity};
 use causeflow_shared::policy::{valid_agent_name, AgentOverrides};
 use causeflow_shared::ports::{AlertLedger, IncidentQuery, IncidentStore, KeyAdmin};
-use causeflow_shared::sqlite::{Db, SqliteDirectory, SqliteIncidents, SqliteLedger, SqliteQueue};
+use causeflow_shared::sqlite::{
+    Db, SqliteDirectory, SqliteIncidents, SqliteLedger, SqliteQueue, SqliteSubscriptions,
+};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -799,7 +801,7 @@ async fn subscriptions(cmd: SubscriptionsCmd) -> Result<()> {
             .await?
     } else {
         let db = open_db(&db)?;
-        SqliteDirectory::new(db).list(&tenant).await?
+        SqliteSubscriptions::new(db).list(&tenant).await?
     };
     if json {
         println!("{}", serde_json::to_string(&subs)?);

@@ -1069,7 +1069,7 @@ async fn cli_manages_keys_and_topics_in_the_stack_tables() {
         &config.keys_table,
         &config.tenants_table,
     );
-    use causeflow_shared::ports::Directory;
+    use causeflow_shared::ports::TopicAllowList;
     assert!(dir
         .topic_allowed("acme", "arn:aws:sns:eu-west-1:123456789012:alarms")
         .await

@@ -344,7 +344,7 @@ async fn subscription_confirmation_fetches_exactly_the_validated_url() {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let r = deliver(&s, &env, &[]).await;
     r.expect(503);
-    let subs = s.app.directory.list("acme").await.unwrap();
+    let subs = s.app.subscriptions.list("acme").await.unwrap();
     assert_eq!(subs[0].state, SubscriptionState::Pending);
     https
         .fail_confirm
@@ -359,7 +359,7 @@ async fn subscription_confirmation_fetches_exactly_the_validated_url() {
         "{:?}",
         https.calls()
     );
-    let subs = s.app.directory.list("acme").await.unwrap();
+    let subs = s.app.subscriptions.list("acme").await.unwrap();
     assert_eq!(subs.len(), 1);
     assert_eq!(subs[0].state, SubscriptionState::Confirmed);
     assert_eq!(
@@ -385,7 +385,7 @@ async fn subscription_confirmation_fetches_exactly_the_validated_url() {
     r.expect(200);
     assert!(!https.calls().iter().any(|u| u.contains("Token=t3")));
     assert_eq!(
-        s.app.directory.list("acme").await.unwrap()[0].state,
+        s.app.subscriptions.list("acme").await.unwrap()[0].state,
         SubscriptionState::Unsubscribed
     );
 }

@@ -19,6 +19,7 @@ use crate::ports::KeyAdmin;
 use crate::sns::{CertCache, HttpsGet, ReqwestGet, SubscribeUrlConfirmer};
 use crate::sqlite::{
     Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue,
+    SqliteSubscriptions,
 };
 use crate::triage::Triage;
 
@@ -88,6 +89,7 @@ pub struct Embedded {
     pub config: EmbeddedConfig,
     pub db: Db,
     pub directory: SqliteDirectory,
+    pub subscriptions: SqliteSubscriptions,
     pub incidents: SqliteIncidents,
     pub dispatcher: SqliteDispatcher,
     pub queue: SqliteQueue,
@@ -121,6 +123,7 @@ impl Embedded {
         config.validate().map_err(StoreError::Invalid)?;
         let db = Db::open(&config.db_path)?;
         let directory = SqliteDirectory::new(db.clone());
+        let subscriptions = SqliteSubscriptions::new(db.clone());
         let incidents = SqliteIncidents::new(db.clone());
         let dispatcher = SqliteDispatcher::new(db.clone());
         let ledger = SqliteLedger::new(db.clone(), config.dedup);
@@ -140,12 +143,12 @@ impl Embedded {
         state.sns = Some(SnsSupport {
             certs,
             confirmer: Arc::new(SubscribeUrlConfirmer::new(https)),
-            subscriptions: Arc::new(directory.clone()),
+            subscriptions: Arc::new(subscriptions.clone()),
         });
         let state = Arc::new(state);
         let triage = Triage {
             incidents: Arc::new(incidents.clone()),
-            directory: Arc::new(directory.clone()),
+            settings: Arc::new(directory.clone()),
             dispatcher: Arc::new(dispatcher.clone()),
             keys: Arc::new(ledger.clone()),
             max_receives: crate::triage::MAX_RECEIVES,
@@ -155,6 +158,7 @@ impl Embedded {
             config,
             db,
             directory,
+            subscriptions,
             incidents,
             dispatcher,
             state,

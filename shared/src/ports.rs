@@ -23,13 +23,23 @@ pub struct KeyRecord {
     pub revoked: bool,
 }
 
-/// Tenants and their keys.
+/// API keys, as the ingest path looks them up.
 #[async_trait]
-pub trait Directory: Send + Sync {
+pub trait ApiKeys: Send + Sync {
     /// The key whose SHA-256 digest is `key_hash`, revoked or not.
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+}
+
+/// A tenant's settings, as triage reads them.
+#[async_trait]
+pub trait TenantSettings: Send + Sync {
     /// The tenant's replacement rows for the severity -> agents table.
     async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError>;
+}
+
+/// The SNS topics a tenant lets post without credentials.
+#[async_trait]
+pub trait TopicAllowList: Send + Sync {
     /// Whether SNS messages from `topic_arn` may post to this tenant without credentials.
     async fn topic_allowed(&self, tenant_id: &str, topic_arn: &str) -> Result<bool, StoreError>;
 }
@@ -140,7 +150,7 @@ pub struct KeySummary {
 
 /// Key and tenant management, used by the CLI against either host's store.
 #[async_trait]
-pub trait KeyAdmin: Directory {
+pub trait KeyAdmin: ApiKeys + TenantSettings + TopicAllowList {
     /// Stores `key` (issued by [`crate::auth::issue_key`] or the documented development key)
     /// for `tenant`, creating the tenant if needed.
     async fn store_key(&self, tenant: &str, name: &str, key: &IssuedKey) -> Result<(), StoreError>;

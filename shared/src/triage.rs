@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::model::{
     AlertStatus, AlertSummary, DispatchTask, Incident, IncidentStatus, QueuedAlert, TaskKind,
 };
-use crate::ports::{Directory, Dispatcher, IncidentStore, KeyRelease};
+use crate::ports::{Dispatcher, IncidentStore, KeyRelease, TenantSettings};
 
 /// Why one queued message could not be triaged.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub const MAX_RECEIVES: u32 = 5;
 #[derive(Clone)]
 pub struct Triage {
     pub incidents: Arc<dyn IncidentStore>,
-    pub directory: Arc<dyn Directory>,
+    pub settings: Arc<dyn TenantSettings>,
     pub dispatcher: Arc<dyn Dispatcher>,
     /// Releases the key of a firing alert that fails its last receive.
     pub keys: Arc<dyn KeyRelease>,
@@ -137,7 +137,7 @@ impl Triage {
         let (stored, kind) = match a.status {
             AlertStatus::Firing => {
                 if !a.test {
-                    let overrides = self.directory.agent_overrides(&msg.tenant_id).await?;
+                    let overrides = self.settings.agent_overrides(&msg.tenant_id).await?;
                     incident.agents = overrides.agents_for(msg.provider, a.severity);
                 }
                 let stored = self.incidents.open(incident).await?;

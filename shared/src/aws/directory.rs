@@ -9,10 +9,11 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::now_ms;
 use crate::policy::AgentOverrides;
-use crate::ports::{Directory, KeyAdmin, KeyRecord, KeySummary};
+use crate::ports::{ApiKeys, KeyAdmin, KeyRecord, KeySummary, TenantSettings, TopicAllowList};
 use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 
-/// [`Directory`] and [`KeyAdmin`] on the keys and tenants tables.
+/// The key and tenant ports ([`ApiKeys`], [`TenantSettings`], [`TopicAllowList`]) and
+/// [`KeyAdmin`] on the keys and tenants tables.
 #[derive(Clone)]
 pub struct DynamoDirectory {
     ddb: Client,
@@ -27,6 +28,10 @@ fn ms_to_rfc3339(ms: i64) -> String {
 }
 
 impl DynamoDirectory {
+    fn tenants(&self) -> DynamoTenants {
+        DynamoTenants::new(self.ddb.clone(), &self.tenants_table)
+    }
+
     pub fn new(ddb: Client, keys_table: &str, tenants_table: &str) -> Self {
         DynamoDirectory {
             ddb,
@@ -108,7 +113,7 @@ impl DynamoDirectory {
 }
 
 #[async_trait]
-impl Directory for DynamoDirectory {
+impl ApiKeys for DynamoDirectory {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         let out = self
             .ddb
@@ -133,12 +138,38 @@ impl Directory for DynamoDirectory {
             }
         }))
     }
+}
 
+#[async_trait]
+impl TenantSettings for DynamoDirectory {
+    async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
+        self.tenants().agent_overrides(tenant_id).await
+    }
+}
+
+/// The tenants table alone: all triage reads (its tenant settings).
+#[derive(Clone)]
+pub struct DynamoTenants {
+    ddb: Client,
+    table: String,
+}
+
+impl DynamoTenants {
+    pub fn new(ddb: Client, table: &str) -> Self {
+        DynamoTenants {
+            ddb,
+            table: table.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl TenantSettings for DynamoTenants {
     async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
         let out = self
             .ddb
             .get_item()
-            .table_name(&self.tenants_table)
+            .table_name(&self.table)
             .key("tenantId", s(tenant_id))
             .send()
             .await
@@ -149,7 +180,10 @@ impl Directory for DynamoDirectory {
                 .map_err(|e| StoreError::Unavailable(format!("tenant agent overrides: {e}"))),
         }
     }
+}
 
+#[async_trait]
+impl TopicAllowList for DynamoDirectory {
     async fn topic_allowed(&self, tenant_id: &str, topic_arn: &str) -> Result<bool, StoreError> {
         let out = self
             .ddb

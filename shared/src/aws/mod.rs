@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub use config::{ConfigError, IngestConfig, TriageConfig};
 pub use deadletters::SqsDeadLetters;
-pub use directory::DynamoDirectory;
+pub use directory::{DynamoDirectory, DynamoTenants};
 pub use incidents::{DynamoIncidents, SnsDispatcher};
 pub use ledger::{dedup_pk, DynamoDedupKeys, DynamoLedger};
 pub use subscriptions::{DynamoSubscriptions, SnsApiConfirmer};
@@ -120,8 +120,7 @@ pub fn triage(sdk: &aws_config::SdkConfig, config: &TriageConfig) -> Triage {
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
     Triage {
         incidents: Arc::new(DynamoIncidents::new(ddb.clone(), &config.incidents_table)),
-        // Keys are not read by triage; only the tenant settings table is.
-        directory: Arc::new(DynamoDirectory::new(ddb.clone(), "", &config.tenants_table)),
+        settings: Arc::new(DynamoTenants::new(ddb.clone(), &config.tenants_table)),
         dispatcher: Arc::new(SnsDispatcher::new(
             ddb.clone(),
             aws_sdk_sns::Client::new(sdk),

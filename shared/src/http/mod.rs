@@ -25,7 +25,7 @@ pub use sns::SnsSupport;
 
 use crate::auth::hash_api_key;
 use crate::model::IncidentStatus;
-use crate::ports::{AlertLedger, Directory, IncidentQuery, IncidentStore, KeyRecord};
+use crate::ports::{AlertLedger, ApiKeys, IncidentQuery, IncidentStore, KeyRecord, TopicAllowList};
 pub use headers::{header_str, request_headers};
 
 /// Bodies above this are refused before parsing: SQS's message limit (docs/contract.md#answers).
@@ -38,7 +38,8 @@ pub const DEFAULT_MAX_ALERTS: usize = 500;
 
 /// Everything a request handler needs, built once per process.
 pub struct AppState {
-    pub directory: Arc<dyn Directory>,
+    pub keys: Arc<dyn ApiKeys>,
+    pub topics: Arc<dyn TopicAllowList>,
     pub ledger: Arc<dyn AlertLedger>,
     pub incidents: Arc<dyn IncidentStore>,
     pub limiter: RateLimiter,
@@ -54,13 +55,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        directory: Arc<dyn Directory>,
+        directory: Arc<impl ApiKeys + TopicAllowList + 'static>,
         ledger: Arc<dyn AlertLedger>,
         incidents: Arc<dyn IncidentStore>,
         rate_limit: RateLimit,
     ) -> Self {
         AppState {
-            directory,
+            keys: directory.clone(),
+            topics: directory,
             ledger,
             incidents,
             limiter: RateLimiter::new(rate_limit),
@@ -98,7 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// The active key of `tenant` that `api_key` names. Unknown, revoked and other tenants' keys
 /// all get the same answer, so the answer does not reveal which it was.
 async fn tenant_key(app: &AppState, tenant: &str, api_key: &str) -> Result<KeyRecord, ApiError> {
-    match app.directory.key_by_hash(&hash_api_key(api_key)).await? {
+    match app.keys.key_by_hash(&hash_api_key(api_key)).await? {
         Some(k) if !k.revoked && k.tenant_id == tenant => Ok(k),
         _ => Err(ApiError::InvalidApiKey),
     }

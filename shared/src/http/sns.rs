@@ -117,7 +117,7 @@ async fn bind_tenant(
                 ApiError::InvalidApiKey => ApiError::Challenge(Box::new(e)),
                 other => other,
             }),
-        None if app.directory.topic_allowed(tenant, topic_arn).await? => Ok(()),
+        None if app.topics.topic_allowed(tenant, topic_arn).await? => Ok(()),
         None => Err(ApiError::Challenge(Box::new(ApiError::MissingApiKey(
             "Authorization (HTTP Basic with an API key as the password, or an allow-listed topic)",
         )))),

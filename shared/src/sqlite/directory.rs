@@ -1,5 +1,6 @@
-//! Tenants and API keys in SQLite: the [`Directory`] port plus the management operations the
-//! CLI uses. Every lookup reads the database, so keys created or revoked by another process take
+//! Tenants and API keys in SQLite: the key and tenant ports ([`ApiKeys`], [`TenantSettings`],
+//! [`TopicAllowList`]) plus the management operations the CLI uses, and the SNS subscription
+//! records. Every lookup reads the database, so keys created or revoked by another process take
 //! effect on the next request.
 
 use async_trait::async_trait;
@@ -10,7 +11,8 @@ use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::AgentOverrides;
 use crate::ports::{
-    Directory, KeyAdmin, KeyRecord, KeySummary, Subscription, SubscriptionState, Subscriptions,
+    ApiKeys, KeyAdmin, KeyRecord, KeySummary, Subscription, SubscriptionState, Subscriptions,
+    TenantSettings, TopicAllowList,
 };
 use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 
@@ -231,7 +233,7 @@ impl KeyAdmin for SqliteDirectory {
 }
 
 #[async_trait]
-impl Directory for SqliteDirectory {
+impl ApiKeys for SqliteDirectory {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         let h = key_hash.to_owned();
         self.db
@@ -260,7 +262,10 @@ impl Directory for SqliteDirectory {
             })
             .await
     }
+}
 
+#[async_trait]
+impl TenantSettings for SqliteDirectory {
     async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
         let t = tenant_id.to_owned();
         let json: Option<String> = self
@@ -281,7 +286,10 @@ impl Directory for SqliteDirectory {
                 .map_err(|e| StoreError::Unavailable(format!("tenant agent overrides: {e}"))),
         }
     }
+}
 
+#[async_trait]
+impl TopicAllowList for SqliteDirectory {
     async fn topic_allowed(&self, tenant_id: &str, topic_arn: &str) -> Result<bool, StoreError> {
         let (t, a) = (tenant_id.to_owned(), topic_arn.to_owned());
         self.db
@@ -295,8 +303,21 @@ impl Directory for SqliteDirectory {
     }
 }
 
+/// The record of SNS subscriptions per tenant in the SQLite file, beside
+/// [`crate::aws::DynamoSubscriptions`] on AWS.
+#[derive(Clone)]
+pub struct SqliteSubscriptions {
+    db: Db,
+}
+
+impl SqliteSubscriptions {
+    pub fn new(db: Db) -> Self {
+        SqliteSubscriptions { db }
+    }
+}
+
 #[async_trait]
-impl Subscriptions for SqliteDirectory {
+impl Subscriptions for SqliteSubscriptions {
     async fn record(&self, sub: &Subscription) -> Result<(), StoreError> {
         let sub = sub.clone();
         self.db

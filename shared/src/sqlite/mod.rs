@@ -22,7 +22,7 @@ use tracing::{debug, error, info};
 
 use crate::error::StoreError;
 
-pub use directory::SqliteDirectory;
+pub use directory::{SqliteDirectory, SqliteSubscriptions};
 pub use incidents::{DispatchRow, SqliteDispatcher, SqliteIncidents};
 pub use ledger::SqliteLedger;
 pub use queue::{QueueStats, SqliteQueue};
