@@ -1392,3 +1392,25 @@ async fn a_firing_that_fails_its_last_receive_releases_its_key() {
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_listed_from_the_stack_by_the_cli() {
+    let stack = Stack::create().await;
+    let app = stack.ingest().await;
+    let (status, _) = generic(&app, &json!({"sourceAlertId": "cli-listed", "title": "x"})).await;
+    assert_eq!(status, 202);
+    assert!(stack.run_triage(&stack.triage()).await.is_empty());
+    let config = stack.ingest_config();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_causeflow"))
+        .args(["incidents", "list", "--tenant", "demo", "--json", "--aws"])
+        .args(["--incidents-table", &config.incidents_table])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["sourceAlertId"], "cli-listed", "{listed}");
+}
