@@ -14,7 +14,7 @@ pub const MAX_NAME_CHARS: usize = 256;
 pub const MAX_TITLE_CHARS: usize = 1024;
 
 /// A monitoring tool that can post to `/v1/webhooks/{tenant}/{provider}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Datadog,
@@ -63,7 +63,19 @@ impl FromStr for Provider {
 }
 
 /// Normalised severity (docs/contract.md#severity), most severe first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Critical,
@@ -204,7 +216,7 @@ pub struct DedupKey {
 }
 
 /// How one alert of a request was handled; echoed in the response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Created,
@@ -215,7 +227,7 @@ pub enum Outcome {
 }
 
 /// The per-alert answer of an ingest request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertResult {
     pub source_alert_id: String,
@@ -312,7 +324,7 @@ pub fn sqs_accepts(c: char) -> bool {
 }
 
 /// `open` or `resolved`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IncidentStatus {
     Open,
@@ -330,7 +342,7 @@ impl IncidentStatus {
 
 /// An incident as recorded by triage and read back through the API
 /// (docs/contract.md#triage-and-agents).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Incident {
     pub tenant_id: String,

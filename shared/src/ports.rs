@@ -102,7 +102,7 @@ pub struct IncidentQuery {
 }
 
 /// One page of incidents.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IncidentPage {
     pub incidents: Vec<Incident>,
@@ -189,7 +189,7 @@ pub trait KeyAdmin: ApiKeys + TenantSettings + TopicAllowList {
 }
 
 /// Where an SNS subscription to a tenant's endpoint stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SubscriptionState {
     Pending,

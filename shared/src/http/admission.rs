@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, Limited};
-use serde_json::json;
+use serde::Serialize;
 use tracing::info;
 
 use super::{ApiError, AppState};
-use crate::model::{Outcome, Provider};
+use crate::model::{AlertResult, Outcome, Provider};
 use crate::normalize::Normalized;
 
 /// Charges an authenticated, verified request to the tenant's rate, one token per alert, after
@@ -95,14 +95,15 @@ async fn admit(
     let alerts = match normalized {
         Normalized::NotAnAlert { what } => {
             info!(%what, "acknowledged a non-alert event");
-            return Ok((
-                StatusCode::OK,
-                Json(json!({
-                    "tenantId": tenant, "provider": provider, "alerts": [],
-                    "detail": format!("{what} acknowledged; it is not an alert, so nothing was created."),
-                })),
-            )
-                .into_response());
+            let answer = Admitted {
+                tenant_id: tenant.to_owned(),
+                provider,
+                alerts: Vec::new(),
+                detail: Some(format!(
+                    "{what} acknowledged; it is not an alert, so nothing was created."
+                )),
+            };
+            return Ok((StatusCode::OK, Json(answer)).into_response());
         }
         Normalized::Alerts(a) => a,
     };
@@ -133,9 +134,24 @@ async fn admit(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(json!({ "tenantId": tenant, "provider": provider, "alerts": results })),
-    )
-        .into_response())
+    let answer = Admitted {
+        tenant_id: tenant.to_owned(),
+        provider,
+        alerts: results,
+        detail: None,
+    };
+    Ok((status, Json(answer)).into_response())
+}
+
+/// The answer to a webhook that was admitted (202), or that carried no alert (200).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Admitted {
+    pub tenant_id: String,
+    pub provider: Provider,
+    /// Each alert of the request, in order, with what became of it.
+    pub alerts: Vec<AlertResult>,
+    /// For a sender event that is not an alert: what was acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

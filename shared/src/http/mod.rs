@@ -3,6 +3,7 @@
 
 mod admission;
 mod headers;
+pub mod openapi;
 mod problem;
 mod ratelimit;
 #[cfg(feature = "embedded")]
@@ -77,10 +78,8 @@ impl AppState {
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/webhooks/{tenant}/{provider}", post(webhook::handle))
         .route("/v1/tenants/{tenant}/incidents", get(list_incidents))
         .route(
@@ -116,6 +115,13 @@ async fn authenticate(
     tenant_key(app, tenant, key).await
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The service is up.", body = Object, example = json!({"status": "ok"}))))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
 #[derive(Debug, Deserialize)]
 struct ListParams {
     status: Option<String>,
@@ -123,6 +129,21 @@ struct ListParams {
     cursor: Option<String>,
 }
 
+/// List a tenant's incidents, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/incidents", tag = "incidents",
+    params(
+        ("tenant" = String, Path, description = "The tenant id."),
+        ("X-API-Key" = String, Header, description = "One of the tenant's API keys."),
+        ("status" = Option<String>, Query, description = "open or resolved."),
+        ("limit" = Option<u32>, Query, description = "1 to 200; 50 by default."),
+        ("cursor" = Option<String>, Query, description = "The nextCursor of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "One page of incidents.", body = crate::ports::IncidentPage),
+        (status = 400, description = "A query parameter out of range.", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key.", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable.", body = problem::Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_incidents(
     State(app): State<Arc<AppState>>,
     Path(tenant): Path<String>,
@@ -161,6 +182,18 @@ async fn list_incidents(
     Ok(Json(page).into_response())
 }
 
+/// One incident.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/incidents/{incident}", tag = "incidents",
+    params(
+        ("tenant" = String, Path, description = "The tenant id."),
+        ("incident" = String, Path, description = "The incident id."),
+        ("X-API-Key" = String, Header, description = "One of the tenant's API keys."),
+    ),
+    responses(
+        (status = 200, description = "The incident.", body = crate::model::Incident),
+        (status = 401, description = "Missing or invalid API key.", body = problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such incident for this tenant.", body = problem::Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_incident(
     State(app): State<Arc<AppState>>,
     Path((tenant, incident)): Path<(String, String)>,

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
-use serde_json::{json, Value};
 
 use crate::error::StoreError;
 use crate::model::AlertResult;
@@ -193,21 +192,25 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title, detail) = self.parts();
-        let mut body = json!({
-            "type": format!("urn:causeflow:problem:{code}"),
-            "title": title,
-            "status": status.as_u16(),
-            "code": code,
-            "detail": detail,
-        });
+        let mut body = Problem {
+            kind: format!("urn:causeflow:problem:{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            code: code.to_owned(),
+            detail,
+            incident_ids: None,
+            alerts: None,
+        };
         if let ApiError::Duplicate { alerts } = &self {
-            let ids: Vec<&str> = alerts
-                .iter()
-                .filter_map(|a| a.incident_id.as_deref())
-                .collect();
-            body["incidentIds"] = json!(ids);
-            body["alerts"] = json!(alerts);
+            body.incident_ids = Some(
+                alerts
+                    .iter()
+                    .filter_map(|a| a.incident_id.clone())
+                    .collect(),
+            );
+            body.alerts = Some(alerts.clone());
         }
+        let body = serde_json::to_string(&body).expect("a problem serialises");
         let mut resp = (status, problem_json(body)).into_response();
         let retry_after = match &self {
             ApiError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
@@ -234,12 +237,35 @@ fn retry_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).max(1) as u64
 }
 
-fn problem_json(body: Value) -> impl IntoResponse {
+fn problem_json(body: String) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         )],
-        body.to_string(),
+        body,
     )
+}
+
+/// Every error answer's body: RFC 9457 problem details with a stable `code`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// `urn:causeflow:problem:{code}`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    /// The HTTP status, repeated.
+    pub status: u16,
+    /// Stable: `missing_api_key`, `invalid_api_key`, `signature_mismatch`, `invalid_payload`,
+    /// `duplicate`, `rate_limited`, `unavailable`, … (docs/contract.md#answers).
+    pub code: String,
+    /// What to fix.
+    pub detail: String,
+    /// For `duplicate`: the open incidents the request's alerts duplicate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident_ids: Option<Vec<String>>,
+    /// For `duplicate`: each alert of the request and the incident it duplicates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<AlertResult>>,
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::{info, warn};
 
 use super::admission::{admit_charged, read_body};
@@ -22,6 +22,17 @@ use crate::model::Provider;
 use crate::normalize::{normalize, Context};
 use crate::ports::{Subscription, SubscriptionConfirmer, SubscriptionState, Subscriptions};
 use crate::sns::{self, CertCache, SnsError, SnsMessage, SnsType};
+
+/// The answer to an SNS subscription or unsubscribe confirmation (200).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionAnswer {
+    pub tenant_id: String,
+    pub topic_arn: String,
+    pub subscription: SubscriptionState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_arn: Option<String>,
+}
 
 /// What the SNS path needs besides the shared state; absent when the host does not offer it.
 pub struct SnsSupport {
@@ -197,7 +208,12 @@ async fn confirmation(
             info!(topic = %msg.topic_arn, "SNS subscription confirmed");
             Ok((
                 StatusCode::OK,
-                Json(json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "confirmed", "subscriptionArn": arn})),
+                Json(SubscriptionAnswer {
+                    tenant_id: tenant.to_owned(),
+                    topic_arn: msg.topic_arn.clone(),
+                    subscription: SubscriptionState::Confirmed,
+                    subscription_arn: arn,
+                }),
             )
                 .into_response())
         }
@@ -231,9 +247,12 @@ async fn unsubscribe(
     info!(topic = %msg.topic_arn, "SNS unsubscribe acknowledged (not re-confirmed)");
     Ok((
         StatusCode::OK,
-        Json(
-            json!({"tenantId": tenant, "topicArn": msg.topic_arn, "subscription": "unsubscribed"}),
-        ),
+        Json(SubscriptionAnswer {
+            tenant_id: tenant.to_owned(),
+            topic_arn: msg.topic_arn.clone(),
+            subscription: SubscriptionState::Unsubscribed,
+            subscription_arn: None,
+        }),
     )
         .into_response())
 }

@@ -15,6 +15,39 @@ use super::{ApiError, AppState};
 use crate::ingest::verify_and_normalize;
 use crate::model::Provider;
 
+/// Receive a monitoring tool's webhook.
+///
+/// Authenticates the request (API key, and the signature the provider requires), verifies the
+/// signature over the raw bytes, normalises the provider's payload into alerts, deduplicates
+/// each and queues it for triage. The body is the provider's own payload
+/// (docs/contract.md#what-identifies-an-alert); `cloudwatch` also takes Amazon SNS deliveries
+/// with no headers of ours.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{tenant}/{provider}",
+    tag = "webhooks",
+    params(
+        ("tenant" = String, Path, description = "The tenant id."),
+        ("provider" = String, Path, description = "datadog, grafana, cloudwatch, sentry or generic."),
+        ("X-API-Key" = Option<String>, Header, description = "The tenant's API key (not needed for SNS deliveries bound by Basic credentials or an allow-listed topic)."),
+        ("X-Webhook-Signature" = Option<String>, Header, description = "Hex HMAC-SHA256 of the raw body (or of \"{timestamp}:\" + body) keyed with the webhook secret."),
+        ("X-Webhook-Timestamp" = Option<String>, Header, description = "Unix seconds the signature covers; within 5 minutes of the server's clock."),
+    ),
+    request_body(content = Object, description = "The provider's payload, as the tool sends it.", content_type = "application/json"),
+    responses(
+        (status = 202, description = "At least one alert queued (or a resolve with nothing open).", body = super::admission::Admitted),
+        (status = 200, description = "A sender event that is not an alert, or an SNS (un)subscription confirmation.", body = super::openapi::Acknowledged),
+        (status = 400, description = "Malformed body, wrong field types, no usable alert, or a malformed SNS envelope.", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key or signature, or a stale timestamp.", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown provider.", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive in time; nothing was recorded.", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Every alert duplicates an open incident.", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 256 KiB, or more alerts than one request may carry.", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON (text/plain is accepted for cloudwatch).", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant is over its rate; see Retry-After.", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable or the alert is being admitted by another request; nothing recorded, retry after Retry-After.", body = super::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[instrument(skip_all, fields(tenant = %tenant, provider = %provider))]
 pub(super) async fn handle(
     State(app): State<Arc<AppState>>,

@@ -1,0 +1,43 @@
+//! The public HTTP API as an OpenAPI 3.1 document generated from the handlers' annotations and
+//! the answer types: served at `/openapi.json` and committed as `docs/openapi.json` (a test fails
+//! when the two drift; `scripts/test` checks the file with a standard validator).
+
+use axum::Json;
+use utoipa::OpenApi;
+
+/// A 200 answer of the webhook endpoint: a non-alert event acknowledged, or an SNS
+/// (un)subscription confirmed.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Acknowledged {
+    Event(super::admission::Admitted),
+    Subscription(super::sns::SubscriptionAnswer),
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "CauseFlow ingest",
+        description = "Receives monitoring alerts (Datadog, Grafana, CloudWatch through Amazon SNS, Sentry, generic), deduplicates them and records incidents. The contract in prose: docs/contract.md.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(super::webhook::handle, super::list_incidents, super::get_incident, super::healthz),
+    tags(
+        (name = "webhooks", description = "Alerts in."),
+        (name = "incidents", description = "Incidents out."),
+        (name = "health", description = "Liveness."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, formatted as committed.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
+
+pub(super) async fn serve() -> Json<serde_json::Value> {
+    Json(serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises"))
+}

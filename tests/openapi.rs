@@ -1,0 +1,69 @@
+//! The OpenAPI description of the public API (docs/openapi.json): generated from the code,
+//! served at `/openapi.json`, committed, and the three the same. After changing the API,
+//! regenerate the file with `UPDATE_OPENAPI=1 cargo test --test openapi`.
+
+mod common;
+
+use std::path::Path;
+
+use common::Server;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_and_served_descriptions_match_the_code() {
+    let generated = causeflow_shared::http::openapi::document();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, format!("{generated}\n")).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "docs/openapi.json differs from the code: run `UPDATE_OPENAPI=1 cargo test --test openapi` \
+         and commit the file"
+    );
+
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for route in [
+        "/v1/webhooks/{tenant}/{provider}",
+        "/v1/tenants/{tenant}/incidents",
+        "/v1/tenants/{tenant}/incidents/{incident}",
+        "/healthz",
+    ] {
+        assert!(
+            paths.contains(&route),
+            "{route} is not described: {paths:?}"
+        );
+    }
+    for schema in [
+        "Incident",
+        "IncidentPage",
+        "Problem",
+        "Admitted",
+        "AlertResult",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
+
+    let s = Server::start().await;
+    let served: Value = s
+        .client
+        .get(format!("{}/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, doc);
+}
