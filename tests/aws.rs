@@ -15,8 +15,9 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use axum::body::Body;
 use causeflow_shared::auth::{dev_key, sign, DEV_API_KEY, DEV_WEBHOOK_SECRET};
-use causeflow_shared::aws::{dedup_pk, ingest_state, triage, IngestConfig, TriageConfig};
+use causeflow_shared::aws::{dedup_pk, IngestConfig, TriageConfig};
 use causeflow_shared::dedup::DedupConfig;
+use causeflow_shared::host::lambda::{ingest_state, triage};
 use causeflow_shared::http::router;
 use causeflow_shared::ports::KeyAdmin;
 use causeflow_shared::triage::Triage;
@@ -936,7 +937,7 @@ async fn sns_subscription_is_confirmed_with_the_api_in_the_topics_region() {
     dir.allow_topic("demo", &topic, true).await.unwrap();
     let signer = SnsSigner::new();
     let https = FakeHttps::new(&signer.cert_pem);
-    let app = router(causeflow_shared::aws::ingest_state_with(
+    let app = router(causeflow_shared::host::lambda::ingest_state_with(
         &stack.sdk,
         &config,
         https.clone(),

@@ -20,7 +20,9 @@ fn signer() -> &'static SnsSigner {
 }
 
 /// A server whose tenant `acme` allow-lists [`TOPIC`].
-async fn sns_server(tweak: impl FnOnce(&mut causeflow_shared::embedded::EmbeddedConfig)) -> Server {
+async fn sns_server(
+    tweak: impl FnOnce(&mut causeflow_shared::host::embedded::EmbeddedConfig),
+) -> Server {
     let s = Server::start_full(tweak, Some(FakeHttps::new(&signer().cert_pem))).await;
     s.app
         .directory
@@ -284,7 +286,7 @@ async fn read_until_closed(sock: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-fn short_limits(c: &mut causeflow_shared::embedded::EmbeddedConfig) {
+fn short_limits(c: &mut causeflow_shared::host::embedded::EmbeddedConfig) {
     c.limits.header_timeout = std::time::Duration::from_millis(500);
     c.limits.request_timeout = std::time::Duration::from_millis(800);
     c.limits.idle_timeout = std::time::Duration::from_millis(700);

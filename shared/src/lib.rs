@@ -2,17 +2,16 @@
 //! incidents), provider normalisers, authentication, the dedup lifecycle, triage policy, the
 //! ports storage/queue/dispatch sit behind, the HTTP router, and the embedded SQLite adapters.
 //!
-//! Hosts stay thin: `causeflow serve` wires [`embedded::Embedded`]; the Lambda functions wire
-//! the same [`http::router`] and [`triage::Triage`] to AWS adapters.
+//! Hosts stay thin: `causeflow serve` wires [`host::embedded::Embedded`]; the Lambda functions
+//! wire the same [`http::router`] and [`triage::Triage`] to AWS adapters ([`host::lambda`]).
 
 pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod deadletter;
 pub mod dedup;
-#[cfg(feature = "embedded")]
-pub mod embedded;
 pub mod error;
+pub mod host;
 pub mod http;
 pub mod ingest;
 pub mod model;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use causeflow_shared::auth::sign;
 use causeflow_shared::dedup::DedupConfig;
-use causeflow_shared::embedded::{Embedded, EmbeddedConfig};
+use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};
 use causeflow_shared::http::server::{raise_fd_limit, ServerLimits, RESERVED_FDS};
 use causeflow_shared::http::RateLimit;
 use clap::Args;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use causeflow_shared::auth::sign;
-use causeflow_shared::embedded::{Embedded, EmbeddedConfig};
+use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};
 use causeflow_shared::http::RateLimit;
 use causeflow_shared::model::Incident;
 use causeflow_shared::ports::IncidentStore;

@@ -2,7 +2,8 @@
 //! payload format 2.0), with DynamoDB and SQS behind its ports. Configuration and AWS clients
 //! are built once, at init; every request then only runs the shared router.
 
-use causeflow_shared::aws::{ingest_state, sdk_config, IngestConfig};
+use causeflow_shared::aws::{sdk_config, IngestConfig};
+use causeflow_shared::host::lambda::ingest_state;
 use causeflow_shared::http::router;
 
 #[tokio::main]

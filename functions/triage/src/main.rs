@@ -1,7 +1,8 @@
 //! Triage Lambda: SQS event source with `ReportBatchItemFailures`; DynamoDB and SNS behind the
 //! shared triage's ports. Configuration and clients are built once, at init.
 
-use causeflow_shared::aws::{sdk_config, triage, TriageConfig};
+use causeflow_shared::aws::{sdk_config, TriageConfig};
+use causeflow_shared::host::lambda::triage;
 use lambda_runtime::{service_fn, LambdaEvent};
 
 #[tokio::main]

@@ -1,0 +1,70 @@
+//! The Lambda host's wiring: the same router and triage as `causeflow serve`
+//! ([`super::embedded`]), with the AWS adapters behind the ports. The functions in `functions/`
+//! call these once, at init.
+
+use std::sync::Arc;
+
+use crate::aws::{
+    DynamoDedupKeys, DynamoDirectory, DynamoIncidents, DynamoLedger, DynamoSubscriptions,
+    DynamoTenants, IngestConfig, SnsApiConfirmer, SnsDispatcher, TriageConfig,
+};
+use crate::http::{AppState, RateLimit};
+use crate::triage::Triage;
+
+/// Everything the ingest Lambda's router needs, built once at init.
+pub fn ingest_state(sdk: &aws_config::SdkConfig, config: &IngestConfig) -> Arc<AppState> {
+    ingest_state_with(sdk, config, Arc::new(crate::sns::ReqwestGet::new()))
+}
+
+/// Like [`ingest_state`] with the HTTPS client (SNS certificates) injected.
+pub fn ingest_state_with(
+    sdk: &aws_config::SdkConfig,
+    config: &IngestConfig,
+    https: Arc<dyn crate::sns::HttpsGet>,
+) -> Arc<AppState> {
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let mut state = AppState::new(
+        Arc::new(DynamoDirectory::new(
+            ddb.clone(),
+            &config.keys_table,
+            &config.tenants_table,
+        )),
+        Arc::new(DynamoLedger::new(
+            ddb.clone(),
+            sqs,
+            &config.dedup_table,
+            &config.alert_queue_url,
+            config.dedup,
+        )),
+        Arc::new(DynamoIncidents::new(ddb.clone(), &config.incidents_table)),
+        RateLimit {
+            per_sec: config.rate_limit_per_sec,
+            burst: config.rate_limit_per_sec * 2.0,
+        },
+    );
+    state.max_alerts = config.max_alerts;
+    state.sns = Some(crate::http::SnsSupport {
+        certs: crate::sns::CertCache::new(https),
+        confirmer: Arc::new(SnsApiConfirmer::new(sdk)),
+        subscriptions: Arc::new(DynamoSubscriptions::new(ddb, &config.subscriptions_table)),
+    });
+    Arc::new(state)
+}
+
+/// The triage step wired to DynamoDB and SNS, built once at init.
+pub fn triage(sdk: &aws_config::SdkConfig, config: &TriageConfig) -> Triage {
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    Triage {
+        incidents: Arc::new(DynamoIncidents::new(ddb.clone(), &config.incidents_table)),
+        settings: Arc::new(DynamoTenants::new(ddb.clone(), &config.tenants_table)),
+        dispatcher: Arc::new(SnsDispatcher::new(
+            ddb.clone(),
+            aws_sdk_sns::Client::new(sdk),
+            &config.dispatch_table,
+            &config.agent_topic_arn,
+        )),
+        keys: Arc::new(DynamoDedupKeys::new(ddb.clone(), &config.dedup_table)),
+        max_receives: config.max_receives,
+    }
+}
