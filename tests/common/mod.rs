@@ -2,6 +2,8 @@
 //! started in-process per test, plus request helpers.
 #![allow(dead_code)]
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod sns_signing;
 
 use std::path::PathBuf;
