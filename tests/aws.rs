@@ -10,7 +10,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
-use causeflow_shared::auth::{dev_key, sign, DEV_API_KEY, DEV_WEBHOOK_SECRET};
+use causeflow_shared::auth::{sign, DEV_API_KEY, DEV_WEBHOOK_SECRET};
 use causeflow_shared::aws::{dedup_pk, IngestConfig, TriageConfig};
 use causeflow_shared::host::lambda::{ingest_state, triage};
 use causeflow_shared::http::router;
@@ -305,14 +305,7 @@ async fn an_unavailable_queue_answers_503_and_leaves_no_dedup_record() {
         "{}/123456789012/no-such-queue",
         endpoint().trim_end_matches('/')
     );
-    let dir = causeflow_shared::aws::DynamoDirectory::new(
-        stack.ddb.clone(),
-        &config.keys_table,
-        &config.tenants_table,
-    );
-    dir.store_key("demo", "development", &dev_key())
-        .await
-        .unwrap();
+    stack.store_dev_key().await;
     let app = router(ingest_state(&stack.sdk, &config));
     let (status, body) = generic(&app, &json!({"sourceAlertId": "q", "title": "queue down"})).await;
     assert_eq!(status, 503, "{body}");
@@ -488,14 +481,7 @@ async fn sns_subscription_is_confirmed_with_the_api_in_the_topics_region() {
     use common::sns_signing::{confirmation, notification, FakeHttps, SnsSigner, CERT_URL};
     let stack = Stack::create().await;
     let config = stack.ingest_config();
-    let dir = causeflow_shared::aws::DynamoDirectory::new(
-        stack.ddb.clone(),
-        &config.keys_table,
-        &config.tenants_table,
-    );
-    dir.store_key("demo", "development", &dev_key())
-        .await
-        .unwrap();
+    let dir = stack.store_dev_key().await;
     // The customer's topic, in the emulator.
     let topic = stack
         .sns

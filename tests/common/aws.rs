@@ -166,17 +166,28 @@ impl Stack {
         }
     }
 
-    pub async fn ingest(&self) -> axum::Router {
+    /// The stack's keys and tenants tables.
+    pub fn directory(&self) -> causeflow_shared::aws::DynamoDirectory {
         let config = self.ingest_config();
-        let dir = causeflow_shared::aws::DynamoDirectory::new(
+        causeflow_shared::aws::DynamoDirectory::new(
             self.ddb.clone(),
             &config.keys_table,
             &config.tenants_table,
-        );
+        )
+    }
+
+    /// Stores the development key the `events/` fixtures are signed with; returns the directory.
+    pub async fn store_dev_key(&self) -> causeflow_shared::aws::DynamoDirectory {
+        let dir = self.directory();
         dir.store_key("demo", "development", &dev_key())
             .await
             .unwrap();
-        router(ingest_state(&self.sdk, &config))
+        dir
+    }
+
+    pub async fn ingest(&self) -> axum::Router {
+        self.store_dev_key().await;
+        router(ingest_state(&self.sdk, &self.ingest_config()))
     }
 
     pub fn triage(&self) -> Triage {
