@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Provider, Severity};
 
-/// The agents docs/contract.md#severity dispatches for `severity` on an alert from `provider`.
+/// The agents docs/contract.md#triage-and-agents dispatches for `severity` on an alert from `provider`.
 pub fn default_agents(provider: Provider, severity: Severity) -> Vec<&'static str> {
     let mut agents = match severity {
         Severity::Critical => vec!["logs", "metrics", "traces", "deploys", "infrastructure"],

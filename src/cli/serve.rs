@@ -22,10 +22,10 @@ pub struct ServeArgs {
     /// Also POST every agent task to this URL (tasks are always recorded in the database).
     #[arg(long)]
     agent_webhook: Option<String>,
-    /// Requests per second allowed per tenant (0 = unlimited).
+    /// Alerts per second allowed per tenant, charged after authentication (0 = unlimited).
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
-    /// Burst of requests allowed per tenant above the rate.
+    /// Burst of alerts allowed per tenant above the rate.
     #[arg(long, default_value_t = 200.0)]
     rate_burst: f64,
     /// Hours after which an unresolved alert's dedup record expires.

@@ -3,8 +3,8 @@
 //! timeout:
 //!
 //! 1. one consistent `BatchGetItem` per 100 keys reads the alerts' dedup records;
-//! 2. each new incident claims its key with one conditional put (absent, expired, or a pending
-//!    lease that ran out), side by side;
+//! 2. each new incident claims its key with a conditional put (absent, expired, or a pending
+//!    lease that ran out), up to 100 in one `TransactWriteItems`, transactions one after another;
 //! 3. the claimed alerts and the resolves go to SQS in `SendMessageBatch` calls of up to ten;
 //! 4. the claims are marked queued, and resolved keys are released.
 //!

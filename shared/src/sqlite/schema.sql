@@ -2,7 +2,7 @@
 CREATE TABLE IF NOT EXISTS tenants (
     tenant_id       TEXT PRIMARY KEY,
     created_at      INTEGER NOT NULL,
-    agent_overrides TEXT            -- JSON {"severity": ["agent", ...]}; NULL = SPEC table
+    agent_overrides TEXT            -- JSON {"severity": ["agent", ...]}; NULL = the default table (docs/contract.md#triage-and-agents)
 );
 
 CREATE TABLE IF NOT EXISTS api_keys (
