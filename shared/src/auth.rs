@@ -8,7 +8,6 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -28,7 +27,8 @@ pub struct IssuedKey {
 
 fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
+    // The operating system's CSPRNG; without one there is no safe key to issue.
+    getrandom::fill(&mut buf).expect("the operating system's random source is available");
     URL_SAFE_NO_PAD.encode(buf)
 }
 
