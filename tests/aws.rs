@@ -920,27 +920,11 @@ async fn a_firing_that_fails_its_last_receive_releases_its_key() {
 
     // The operator finds it in the dead-letter queue and, after the fix, redrives it: it joins
     // the incident open for its key by now.
-    let config = stack.ingest_config();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_causeflow"))
-            .args(args)
-            .args(["--aws", "--dlq-url", &stack.refs["AlertDeadLetterQueue"]])
-            .args(["--queue-url", &config.alert_queue_url])
-            .args(["--dedup-table", &config.dedup_table])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
-    let listed = cli(&["dead-letters", "list", "--json"]);
+    let listed = stack.cli(&["dead-letters", "list", "--json"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["alert"]["alert"]["sourceAlertId"], "doomed");
     let id = listed[0]["id"].as_str().unwrap().to_owned();
-    let redriven = cli(&["dead-letters", "redrive", "--id", &id, "--json"]);
+    let redriven = stack.cli(&["dead-letters", "redrive", "--id", &id, "--json"]);
     assert_eq!(redriven[0]["result"]["outcome"], "duplicate", "{redriven}");
     assert_eq!(
         redriven[0]["result"]["incidentId"],
@@ -959,17 +943,6 @@ async fn incidents_are_listed_from_the_stack_by_the_cli() {
     let (status, _) = generic(&app, &json!({"sourceAlertId": "cli-listed", "title": "x"})).await;
     assert_eq!(status, 202);
     assert!(stack.run_triage(&stack.triage()).await.is_empty());
-    let config = stack.ingest_config();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_causeflow"))
-        .args(["incidents", "list", "--tenant", "demo", "--json", "--aws"])
-        .args(["--incidents-table", &config.incidents_table])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = stack.cli(&["incidents", "list", "--tenant", "demo", "--json"]);
     assert_eq!(listed[0]["sourceAlertId"], "cli-listed", "{listed}");
 }

@@ -137,13 +137,7 @@ async fn grafana_multi_alert_notification_counts_each_alert() {
         )
         .await;
     r.expect(202);
-    let outcomes: Vec<&str> = r.json["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["resolved", "duplicate"]);
+    assert_eq!(r.outcomes(), ["resolved", "duplicate"]);
     // Only duplicates left: 409.
     let r = s
         .post(

@@ -47,32 +47,32 @@ pub enum TenantsCmd {
     },
 }
 
+/// Adds (`allow`) or removes an SNS topic on the tenant's allow-list.
+async fn set_topic(store: &Target, tenant: &str, topic: &str, allow: bool) -> Result<()> {
+    open_directory(store)
+        .await?
+        .allow_topic(tenant, topic, allow)
+        .await?;
+    if allow {
+        println!("SNS topic {topic} may now post CloudWatch alarms for tenant {tenant}.");
+    } else {
+        println!("SNS topic {topic} is no longer allowed for tenant {tenant}.");
+    }
+    Ok(())
+}
+
 pub async fn tenants(cmd: TenantsCmd) -> Result<()> {
     let cmd = match cmd {
         TenantsCmd::AllowTopic {
             tenant,
             topic,
             store,
-        } => {
-            open_directory(&store)
-                .await?
-                .allow_topic(&tenant, &topic, true)
-                .await?;
-            println!("SNS topic {topic} may now post CloudWatch alarms for tenant {tenant}.");
-            return Ok(());
-        }
+        } => return set_topic(&store, &tenant, &topic, true).await,
         TenantsCmd::DisallowTopic {
             tenant,
             topic,
             store,
-        } => {
-            open_directory(&store)
-                .await?
-                .allow_topic(&tenant, &topic, false)
-                .await?;
-            println!("SNS topic {topic} is no longer allowed for tenant {tenant}.");
-            return Ok(());
-        }
+        } => return set_topic(&store, &tenant, &topic, false).await,
         other => other,
     };
     let TenantsCmd::SetAgents {

@@ -185,6 +185,30 @@ impl Stack {
         dir
     }
 
+    /// Runs `causeflow ARGS --aws` against this stack (every name it may need passed) and returns
+    /// its JSON output, failing the test when the command fails.
+    pub fn cli(&self, args: &[&str]) -> Value {
+        let ingest = self.ingest_config();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_causeflow"))
+            .args(args)
+            .arg("--aws")
+            .args(["--keys-table", &ingest.keys_table])
+            .args(["--tenants-table", &ingest.tenants_table])
+            .args(["--subscriptions-table", &ingest.subscriptions_table])
+            .args(["--incidents-table", &ingest.incidents_table])
+            .args(["--dedup-table", &ingest.dedup_table])
+            .args(["--queue-url", &ingest.alert_queue_url])
+            .args(["--dlq-url", &self.refs["AlertDeadLetterQueue"]])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub async fn ingest(&self) -> axum::Router {
         self.store_dev_key().await;
         router(ingest_state(&self.sdk, &self.ingest_config()))

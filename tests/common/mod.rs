@@ -228,6 +228,14 @@ impl Resp {
             .to_owned()
     }
 
+    /// Every alert's outcome, in order.
+    pub fn outcomes(&self) -> Vec<&str> {
+        self.json["alerts"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["outcome"].as_str()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn outcome(&self) -> &str {
         self.json["alerts"][0]["outcome"].as_str().unwrap_or("")
     }
