@@ -63,6 +63,23 @@ fn template_environment_matches_the_code() {
     );
     let sqs_event = &t["Resources"]["TriageFunction"]["Properties"]["Events"];
     assert!(sqs_event.to_string().contains("ReportBatchItemFailures"));
+    // Reserved concurrency on both functions, and triage's event source capped at the same
+    // number, so throttled receives never push messages into the dead-letter queue.
+    for (function, parameter) in [
+        ("IngestFunction", "IngestReservedConcurrency"),
+        ("TriageFunction", "TriageReservedConcurrency"),
+    ] {
+        let reserved = &t["Resources"][function]["Properties"]["ReservedConcurrentExecutions"];
+        assert_eq!(
+            reserved["Fn::If"][1]["Ref"], parameter,
+            "{function}: {reserved}"
+        );
+    }
+    let scaling = &sqs_event["Alerts"]["Properties"]["ScalingConfig"]["Fn::If"][1];
+    assert_eq!(
+        scaling["MaximumConcurrency"]["Ref"], "TriageReservedConcurrency",
+        "{sqs_event}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,3 +67,56 @@ async fn the_committed_and_served_descriptions_match_the_code() {
         .unwrap();
     assert_eq!(served, doc);
 }
+
+/// The AWS stack routes every described path, and the description itself, to the ingest
+/// function: the API is the same on both hosts.
+#[test]
+fn the_stack_routes_every_described_path() {
+    let template: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("template.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let template = serde_json::to_value(template).unwrap();
+    // Path parameters are named differently ({tenant} here, {tenantId} there): compare shapes.
+    let shape = |p: &str, method: &str| {
+        let mut out = String::new();
+        let mut in_param = false;
+        for c in p.chars() {
+            match c {
+                '{' => {
+                    in_param = true;
+                    out.push_str("{}");
+                }
+                '}' => in_param = false,
+                _ if in_param => {}
+                c => out.push(c),
+            }
+        }
+        format!("{} {out}", method.to_ascii_uppercase())
+    };
+    let routed: Vec<String> = template["Resources"]["IngestFunction"]["Properties"]["Events"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| {
+            shape(
+                e["Properties"]["Path"].as_str().unwrap(),
+                e["Properties"]["Method"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let doc: Value = serde_json::from_str(&causeflow_shared::http::openapi::document()).unwrap();
+    let mut described = vec![shape("/openapi.json", "get")];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            described.push(shape(path, method));
+        }
+    }
+    for route in described {
+        assert!(
+            routed.contains(&route),
+            "{route} is not routed in template.yaml: {routed:?}"
+        );
+    }
+}

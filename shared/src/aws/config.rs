@@ -147,16 +147,81 @@ impl TriageConfig {
             dedup_table: required("DEDUP_TABLE")?,
             max_receives: number("MAX_RECEIVE_COUNT", crate::triage::MAX_RECEIVES as f64)? as u32,
         };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that cannot work, at init rather than as wrong behaviour later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         // SQS's maxReceiveCount is 1 to 1000; a 0 would release keys on the first failure.
-        if !(1..=1000).contains(&config.max_receives) {
+        if !(1..=1000).contains(&self.max_receives) {
             return Err(ConfigError {
                 name: "MAX_RECEIVE_COUNT",
                 problem: format!(
                     "{}: use the alert queue's maxReceiveCount (1 to 1000)",
-                    config.max_receives
+                    self.max_receives
                 ),
             });
         }
-        Ok(config)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingest() -> IngestConfig {
+        IngestConfig {
+            keys_table: "k".into(),
+            tenants_table: "t".into(),
+            dedup_table: "d".into(),
+            incidents_table: "i".into(),
+            alert_queue_url: "q".into(),
+            subscriptions_table: "s".into(),
+            rate_limit_per_sec: 100.0,
+            dedup: DedupConfig::default(),
+            max_alerts: 500,
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_at_init() {
+        assert!(ingest().validate().is_ok());
+        let refused = |c: IngestConfig| c.validate().unwrap_err().name;
+        assert_eq!(
+            refused(IngestConfig {
+                rate_limit_per_sec: 1e-300,
+                ..ingest()
+            }),
+            "RATE_LIMIT_PER_SEC"
+        );
+        assert_eq!(
+            refused(IngestConfig {
+                max_alerts: 0,
+                ..ingest()
+            }),
+            "MAX_ALERTS_PER_REQUEST"
+        );
+        assert_eq!(
+            refused(IngestConfig {
+                dedup: DedupConfig {
+                    ttl: Duration::from_secs(9000 * 3600),
+                    ..DedupConfig::default()
+                },
+                ..ingest()
+            }),
+            "DEDUP_TTL_HOURS"
+        );
+        let triage = |max_receives| TriageConfig {
+            tenants_table: "t".into(),
+            incidents_table: "i".into(),
+            dispatch_table: "d".into(),
+            agent_topic_arn: "a".into(),
+            dedup_table: "d".into(),
+            max_receives,
+        };
+        assert!(triage(5).validate().is_ok());
+        assert_eq!(triage(0).validate().unwrap_err().name, "MAX_RECEIVE_COUNT");
     }
 }

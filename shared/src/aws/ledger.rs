@@ -81,9 +81,30 @@ pub fn dedup_pk(tenant: &str, namespace: &str, source_alert_id: &str) -> String 
     format!("{tenant}#{namespace}#{source_alert_id}")
 }
 
+/// The table key of a queued alert.
+fn msg_pk(msg: &QueuedAlert) -> String {
+    dedup_pk(
+        &msg.tenant_id,
+        &namespace(msg.provider, msg.alert.unsigned),
+        &msg.alert.source_alert_id,
+    )
+}
+
 /// A key may be claimed when it is free, expired, or pending under a lease that ran out.
 const CLAIM_CONDITION: &str =
     "attribute_not_exists(pk) OR expiresAt <= :now OR (pending = :yes AND leaseUntil <= :now)";
+
+/// Marks a claimed record queued, provided it still names the claim's incident
+/// ([`NAMES_INCIDENT`]; a resolve may have raced the claim).
+const MARK_QUEUED: &str = "SET pending = :no";
+const NAMES_INCIDENT: &str = "incidentId = :id";
+
+fn mark_values(incident_id: &str) -> Item {
+    HashMap::from([
+        (":id".to_owned(), s(incident_id)),
+        (":no".to_owned(), AttributeValue::Bool(false)),
+    ])
+}
 
 /// The values [`CLAIM_CONDITION`] names.
 fn claim_values(now: i64) -> Item {
@@ -243,9 +264,7 @@ impl DynamoDedupKeys {
 #[async_trait]
 impl KeyRelease for DynamoDedupKeys {
     async fn release(&self, msg: &QueuedAlert) -> Result<(), StoreError> {
-        let ns = namespace(msg.provider, msg.alert.unsigned);
-        let pk = dedup_pk(&msg.tenant_id, &ns, &msg.alert.source_alert_id);
-        self.delete(&pk, &msg.incident_id, false).await
+        self.delete(&msg_pk(msg), &msg.incident_id, false).await
     }
 }
 
@@ -424,10 +443,9 @@ impl DynamoLedger {
             .update_item()
             .table_name(&self.keys.table)
             .key("pk", s(pk))
-            .update_expression("SET pending = :no")
-            .condition_expression("incidentId = :id")
-            .expression_attribute_values(":id", s(incident_id))
-            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .update_expression(MARK_QUEUED)
+            .condition_expression(NAMES_INCIDENT)
+            .set_expression_attribute_values(Some(mark_values(incident_id)))
             .send()
             .await;
         if let Err(e) = marked {
@@ -452,10 +470,9 @@ impl DynamoLedger {
                     let update = aws_sdk_dynamodb::types::Update::builder()
                         .table_name(&self.keys.table)
                         .key("pk", s(pk))
-                        .update_expression("SET pending = :no")
-                        .condition_expression("incidentId = :id")
-                        .expression_attribute_values(":id", s(id))
-                        .expression_attribute_values(":no", AttributeValue::Bool(false))
+                        .update_expression(MARK_QUEUED)
+                        .condition_expression(NAMES_INCIDENT)
+                        .set_expression_attribute_values(Some(mark_values(id)))
                         .build()
                         .ok()?;
                     Some(
@@ -679,20 +696,19 @@ impl AlertLedger for DynamoLedger {
         let mut pending: Vec<Pending> = alerts
             .iter()
             .enumerate()
-            .map(|(index, alert)| Pending {
-                index,
-                pk: dedup_pk(
-                    tenant_id,
-                    &namespace(provider, alert.unsigned),
-                    &alert.source_alert_id,
-                ),
-                msg: QueuedAlert {
+            .map(|(index, alert)| {
+                let msg = QueuedAlert {
                     tenant_id: tenant_id.to_owned(),
                     provider,
                     incident_id: new_incident_id(),
                     alert: alert.clone(),
                     received_at: received.clone(),
-                },
+                };
+                Pending {
+                    index,
+                    pk: msg_pk(&msg),
+                    msg,
+                }
             })
             .collect();
         // Alerts are applied in request order; one whose key an earlier alert of the request
@@ -728,8 +744,7 @@ impl AlertLedger for DynamoLedger {
 
     async fn requeue(&self, msg: &QueuedAlert) -> Result<AlertResult, StoreError> {
         let now = crate::now_ms();
-        let ns = namespace(msg.provider, msg.alert.unsigned);
-        let pk = dedup_pk(&msg.tenant_id, &ns, &msg.alert.source_alert_id);
+        let pk = msg_pk(msg);
         match msg.alert.status {
             AlertStatus::Firing => self.requeue_firing(msg, &pk, now).await,
             AlertStatus::Resolved => {
