@@ -16,6 +16,7 @@ const TIMESTAMPS: [&str; 2] = [
 const SENTRY_SIGNATURE: &str = "sentry-hook-signature";
 const SENTRY_RESOURCE: &str = "sentry-hook-resource";
 pub(crate) const SNS_MESSAGE_TYPE: &str = "x-amz-sns-message-type";
+pub(crate) const SNS_RAW_DELIVERY: &str = "x-amz-sns-rawdelivery";
 
 /// A header's value, with empty values treated as absent (Datadog's page tells users to leave
 /// `X-Webhook-Signature` blank).

@@ -111,7 +111,7 @@ async fn authenticate(
     headers: &HeaderMap,
     tenant: &str,
 ) -> Result<KeyRecord, ApiError> {
-    let key = header_str(headers, "x-api-key").ok_or(ApiError::MissingApiKey("X-API-Key"))?;
+    let key = header_str(headers, headers::API_KEY).ok_or(ApiError::MissingApiKey("X-API-Key"))?;
     tenant_key(app, tenant, key).await
 }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::admission::{admit_charged, read_body};
-use super::headers::{header_str, SNS_MESSAGE_TYPE};
+use super::headers::{header_str, SNS_MESSAGE_TYPE, SNS_RAW_DELIVERY};
 use super::{ApiError, AppState};
 use crate::model::Provider;
 use crate::normalize::{normalize, Context};
@@ -57,7 +57,7 @@ fn sns_error(e: SnsError) -> ApiError {
 /// The API key in `Authorization: Basic`: the password, or the user name when the password is
 /// empty (`https://<key>@host` puts it there).
 fn basic_key(headers: &HeaderMap) -> Option<String> {
-    let value = header_str(headers, "authorization")?;
+    let value = header_str(headers, http::header::AUTHORIZATION.as_str())?;
     let (scheme, b64) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -78,8 +78,7 @@ pub(super) async fn handle(
     let Some(support) = app.sns.as_ref() else {
         return Err(missing_key());
     };
-    if header_str(headers, "x-amz-sns-rawdelivery").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
+    if header_str(headers, SNS_RAW_DELIVERY).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Err(ApiError::MissingSignature(
             "Raw message delivery carries no SNS signature: it is accepted only with X-API-Key and \
              X-Webhook-Signature (use the sample forwarder), or turn raw delivery off."
