@@ -197,7 +197,7 @@ async fn content_types() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_provider_and_routes_are_404() {
     let s = Server::start().await;
-    let r = send(&s, "pagerduty", Some("application/json"), b"{}".to_vec()).await;
+    let r = send(&s, "opsgenie", Some("application/json"), b"{}".to_vec()).await;
     r.expect(404);
     assert_eq!(r.code(), "unknown_provider");
     assert!(r.json["detail"]

@@ -427,6 +427,17 @@ impl causeflow_shared::ports::IncidentStore for DownIncidents {
     ) -> Result<causeflow_shared::model::Incident, causeflow_shared::error::StoreError> {
         self.open(i).await
     }
+    async fn acknowledge(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<causeflow_shared::model::Incident>, causeflow_shared::error::StoreError>
+    {
+        Err(causeflow_shared::error::StoreError::Unavailable(
+            "down".into(),
+        ))
+    }
     async fn get(
         &self,
         tenant: &str,

@@ -63,8 +63,9 @@ pub enum Decision {
     Resolve { incident_id: String },
     /// Nothing to do (resolve without an open incident, or a state the product ignores).
     Ignore,
-    /// A state change that is not an alert (acknowledge): nothing to do.
-    Acknowledge,
+    /// An acknowledgement: with an open incident, queue it so triage records it on the incident
+    /// (the key stays); without one, or for a mere state change, nothing to do.
+    Acknowledge { incident_id: Option<String> },
 }
 
 impl Decision {
@@ -77,7 +78,9 @@ impl Decision {
             Decision::InFlight { incident_id, .. } => (Outcome::Duplicate, Some(incident_id)),
             Decision::Resolve { incident_id } => (Outcome::Resolved, Some(incident_id)),
             Decision::Ignore => (Outcome::Ignored, None),
-            Decision::Acknowledge => (Outcome::Acknowledged, None),
+            Decision::Acknowledge { incident_id } => {
+                (Outcome::Acknowledged, incident_id.as_deref())
+            }
         }
     }
 }
@@ -96,12 +99,20 @@ pub fn decide(
     // an incident it never opened.
     let unexpired = existing.filter(|r| r.expires_at_ms > now_ms);
     match (status, live) {
-        (AlertStatus::Acknowledged, _) => Decision::Acknowledge,
-        (AlertStatus::Ignored, _) => Decision::Ignore,
-        (AlertStatus::Firing, Some(r)) if r.pending => Decision::InFlight {
-            incident_id: r.incident_id.clone(),
-            retry_after: Duration::from_millis((r.lease_until_ms - now_ms).max(0) as u64),
+        (AlertStatus::StateChange, _) | (AlertStatus::Acknowledged, None) => {
+            Decision::Acknowledge { incident_id: None }
+        }
+        // Queued behind a firing that may yet fail: wait for it, as a duplicate would.
+        (AlertStatus::Acknowledged | AlertStatus::Firing, Some(r)) if r.pending => {
+            Decision::InFlight {
+                incident_id: r.incident_id.clone(),
+                retry_after: Duration::from_millis((r.lease_until_ms - now_ms).max(0) as u64),
+            }
+        }
+        (AlertStatus::Acknowledged, Some(r)) => Decision::Acknowledge {
+            incident_id: Some(r.incident_id.clone()),
         },
+        (AlertStatus::Ignored, _) => Decision::Ignore,
         (AlertStatus::Firing, Some(r)) => Decision::Duplicate {
             incident_id: r.incident_id.clone(),
         },
@@ -199,9 +210,36 @@ mod tests {
                 incident_id: "inc_1".into()
             }
         );
+    }
+
+    #[test]
+    fn acknowledgements_name_the_open_incident_only() {
+        let new = || "inc_new".to_owned();
+        use AlertStatus::*;
+        let open = rec(false, 0, 100);
         assert_eq!(
             decide(Some(&open), Acknowledged, 5, new),
-            Decision::Acknowledge
+            Decision::Acknowledge {
+                incident_id: Some("inc_1".into())
+            }
+        );
+        assert_eq!(
+            decide(None, Acknowledged, 5, new),
+            Decision::Acknowledge { incident_id: None }
+        );
+        assert_eq!(
+            decide(Some(&open), StateChange, 5, new),
+            Decision::Acknowledge { incident_id: None },
+            "a mere state change never acknowledges"
+        );
+        assert!(matches!(
+            decide(Some(&rec(true, 10, 100)), Acknowledged, 5, new),
+            Decision::InFlight { .. }
+        ));
+        assert_eq!(
+            decide(Some(&open), Acknowledged, 100, new),
+            Decision::Acknowledge { incident_id: None },
+            "expired"
         );
     }
 

@@ -22,16 +22,22 @@ pub enum Provider {
     Cloudwatch,
     Sentry,
     Generic,
+    /// Prometheus Alertmanager's webhook receiver.
+    Alertmanager,
+    /// Anything that speaks the PagerDuty Events API v2.
+    Pagerduty,
 }
 
 impl Provider {
     /// Every provider, in the order the docs list them.
-    pub const ALL: [Provider; 5] = [
+    pub const ALL: [Provider; 7] = [
         Provider::Datadog,
         Provider::Grafana,
         Provider::Cloudwatch,
         Provider::Sentry,
         Provider::Generic,
+        Provider::Alertmanager,
+        Provider::Pagerduty,
     ];
 
     /// The path segment naming this provider.
@@ -42,6 +48,8 @@ impl Provider {
             Provider::Cloudwatch => "cloudwatch",
             Provider::Sentry => "sentry",
             Provider::Generic => "generic",
+            Provider::Alertmanager => "alertmanager",
+            Provider::Pagerduty => "pagerduty",
         }
     }
 }
@@ -124,9 +132,13 @@ pub enum AlertStatus {
     Firing,
     /// The condition cleared: resolve the open incident.
     Resolved,
-    /// A state change that is neither (OnCall acknowledge, CloudWatch INSUFFICIENT_DATA, Grafana
-    /// legacy `pending`): answered, never an incident.
+    /// Someone is on it (a PagerDuty `acknowledge`, an OnCall acknowledge): recorded on the open
+    /// incident, never a new one.
     Acknowledged,
+    /// A state change that is neither firing, resolved nor an acknowledgement (CloudWatch
+    /// INSUFFICIENT_DATA, an OnCall silence): answered `acknowledged`, changes nothing.
+    #[serde(rename = "stateChange")]
+    StateChange,
     /// A state the product ignores (Grafana legacy `paused`, `no_data`).
     Ignored,
 }
@@ -236,6 +248,18 @@ pub struct AlertResult {
     pub outcome: Outcome,
 }
 
+impl AlertResult {
+    /// Whether the alert was queued for triage: a new incident, a resolve, or an
+    /// acknowledgement of an open incident.
+    pub fn queued(&self) -> bool {
+        match self.outcome {
+            Outcome::Created | Outcome::Resolved => true,
+            Outcome::Acknowledged => self.incident_id.is_some(),
+            Outcome::Duplicate | Outcome::Ignored => false,
+        }
+    }
+}
+
 /// What the ingest path hands to triage through the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -243,7 +267,7 @@ pub struct QueuedAlert {
     pub tenant_id: String,
     pub provider: Provider,
     pub incident_id: String,
-    /// `Firing` opens the incident; `Resolved` resolves it.
+    /// `Firing` opens the incident; `Resolved` resolves it; `Acknowledged` acknowledges it.
     pub alert: Alert,
     /// RFC 3339 time the request was accepted.
     pub received_at: String,
@@ -323,11 +347,12 @@ pub fn sqs_accepts(c: char) -> bool {
     matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
 }
 
-/// `open` or `resolved`.
+/// `open`, `acknowledged` (open, and someone is on it) or `resolved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IncidentStatus {
     Open,
+    Acknowledged,
     Resolved,
 }
 
@@ -335,8 +360,25 @@ impl IncidentStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             IncidentStatus::Open => "open",
+            IncidentStatus::Acknowledged => "acknowledged",
             IncidentStatus::Resolved => "resolved",
         }
+    }
+
+    /// Parses [`IncidentStatus::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<IncidentStatus> {
+        [
+            IncidentStatus::Open,
+            IncidentStatus::Acknowledged,
+            IncidentStatus::Resolved,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Not yet resolved: open or acknowledged.
+    pub fn is_active(self) -> bool {
+        self != IncidentStatus::Resolved
     }
 }
 
@@ -363,6 +405,9 @@ pub struct Incident {
     pub first_seen: String,
     pub last_seen: String,
     pub resolved_at: Option<String>,
+    /// When the incident was first acknowledged (PagerDuty `acknowledge`, OnCall acknowledge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<String>,
     /// Agents dispatched when the incident opened (empty for low/info and test incidents).
     pub agents: Vec<String>,
 }

@@ -13,10 +13,10 @@ pub fn default_agents(provider: Provider, severity: Severity) -> Vec<&'static st
         Severity::Critical => vec!["logs", "metrics", "traces", "deploys", "infrastructure"],
         Severity::High => vec!["logs", "metrics", "deploys"],
         // "logs (errors for sentry, metrics for cloudwatch)": the provider's own signal replaces
-        // logs.
+        // logs. Alertmanager alerts are Prometheus metrics too.
         Severity::Medium => match provider {
             Provider::Sentry => vec!["errors"],
-            Provider::Cloudwatch => vec!["metrics"],
+            Provider::Cloudwatch | Provider::Alertmanager => vec!["metrics"],
             _ => vec!["logs"],
         },
         Severity::Low | Severity::Info => vec![],
@@ -91,6 +91,12 @@ mod tests {
         assert_eq!(default_agents(Grafana, Medium), ["logs"]);
         assert_eq!(default_agents(Sentry, Medium), ["errors"]);
         assert_eq!(default_agents(Cloudwatch, Medium), ["metrics"]);
+        assert_eq!(default_agents(Alertmanager, Medium), ["metrics"]);
+        assert_eq!(default_agents(Pagerduty, Medium), ["logs"]);
+        assert_eq!(
+            default_agents(Pagerduty, High),
+            ["logs", "metrics", "deploys"]
+        );
         assert!(default_agents(Generic, Low).is_empty());
         assert!(default_agents(Generic, Info).is_empty());
     }

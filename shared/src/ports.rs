@@ -82,6 +82,14 @@ pub trait IncidentStore: Send + Sync {
     /// Marks the incident resolved (inserting `incident` as given when it was never opened);
     /// returns what is stored.
     async fn resolve(&self, incident: Incident) -> Result<Incident, StoreError>;
+    /// Marks an open incident acknowledged at `at` (RFC 3339); an acknowledged or resolved one is
+    /// left as it is. `None`: the incident is not recorded (yet).
+    async fn acknowledge(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+        at: &str,
+    ) -> Result<Option<Incident>, StoreError>;
     async fn get(&self, tenant_id: &str, incident_id: &str)
         -> Result<Option<Incident>, StoreError>;
     /// Newest first.

@@ -22,6 +22,10 @@ pub enum TriageError {
     /// A store failed: redelivery will retry.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An acknowledgement reached triage before the firing that opens its incident: redelivery
+    /// will retry.
+    #[error("the incident to acknowledge is not recorded yet")]
+    NotYetOpen,
 }
 
 /// One message of a batch, as SQS or the embedded queue delivers it.
@@ -132,6 +136,7 @@ impl Triage {
             first_seen: msg.received_at.clone(),
             last_seen: msg.received_at.clone(),
             resolved_at: None,
+            acknowledged_at: None,
             agents: Vec::new(),
         };
         let (stored, kind) = match a.status {
@@ -141,7 +146,7 @@ impl Triage {
                     incident.agents = overrides.agents_for(msg.provider, a.severity);
                 }
                 let stored = self.incidents.open(incident).await?;
-                if stored.status != IncidentStatus::Open {
+                if stored.status == IncidentStatus::Resolved {
                     // Resolved before this (redelivered or reordered) firing was triaged.
                     return Ok(());
                 }
@@ -152,9 +157,24 @@ impl Triage {
                 incident.resolved_at = Some(msg.received_at.clone());
                 (self.incidents.resolve(incident).await?, TaskKind::Cancel)
             }
-            AlertStatus::Acknowledged | AlertStatus::Ignored => {
+            AlertStatus::Acknowledged => {
+                return match self
+                    .incidents
+                    .acknowledge(&msg.tenant_id, &msg.incident_id, &msg.received_at)
+                    .await?
+                {
+                    Some(i) => {
+                        info!(status = i.status.as_str(), "acknowledged");
+                        Ok(())
+                    }
+                    // The firing that opens it is still queued (SQS does not keep order): the
+                    // redelivery finds it.
+                    None => Err(TriageError::NotYetOpen),
+                };
+            }
+            AlertStatus::StateChange | AlertStatus::Ignored => {
                 return Err(TriageError::Malformed(
-                    "only firing and resolved alerts are queued".into(),
+                    "only firing, resolved and acknowledged alerts are queued".into(),
                 ))
             }
         };

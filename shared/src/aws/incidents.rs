@@ -43,8 +43,9 @@ impl DynamoIncidents {
         }
     }
 
-    /// Writes `i`; `condition` guards against concurrent changes.
-    async fn put(&self, i: &Incident, condition: &str) -> Result<bool, StoreError> {
+    /// Writes `i` if no incident has its id (`was` = None) or if the stored one still has status
+    /// `was`: a conditional write, so concurrent changes are never overwritten.
+    async fn put(&self, i: &Incident, was: Option<IncidentStatus>) -> Result<bool, StoreError> {
         let data = serde_json::to_string(i).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut req = self
             .ddb
@@ -58,11 +59,13 @@ impl DynamoIncidents {
                 s(format!("{}#{}", i.tenant_id, i.status.as_str())),
             )
             .item("data", s(data))
-            .condition_expression(condition)
             .expression_attribute_names("#s", "status");
-        if condition.contains(":open") {
-            req = req.expression_attribute_values(":open", s("open"));
-        }
+        req = match was {
+            None => req.condition_expression(NEW),
+            Some(st) => req
+                .condition_expression("#s = :was")
+                .expression_attribute_values(":was", s(st.as_str())),
+        };
         match req.send().await {
             Ok(_) => Ok(true),
             Err(e) if is_ccf(&e) => Ok(false),
@@ -73,12 +76,11 @@ impl DynamoIncidents {
 
 /// DynamoDB rejects expression attribute names that the expression does not use.
 const NEW: &str = "attribute_not_exists(incidentId) AND attribute_not_exists(#s)";
-const STILL_OPEN: &str = "#s = :open";
 
 #[async_trait]
 impl IncidentStore for DynamoIncidents {
     async fn open(&self, incident: Incident) -> Result<Incident, StoreError> {
-        if self.put(&incident, NEW).await? {
+        if self.put(&incident, None).await? {
             return Ok(incident);
         }
         self.get(&incident.tenant_id, &incident.incident_id)
@@ -90,7 +92,7 @@ impl IncidentStore for DynamoIncidents {
         for _ in 0..3 {
             match self.get(&incident.tenant_id, &incident.incident_id).await? {
                 None => {
-                    if self.put(&incident, NEW).await? {
+                    if self.put(&incident, None).await? {
                         return Ok(incident);
                     }
                 }
@@ -98,10 +100,11 @@ impl IncidentStore for DynamoIncidents {
                     return Ok(existing)
                 }
                 Some(mut existing) => {
+                    let was = existing.status;
                     existing.status = IncidentStatus::Resolved;
                     existing.resolved_at = incident.resolved_at.clone();
                     existing.last_seen = incident.last_seen.clone();
-                    if self.put(&existing, STILL_OPEN).await? {
+                    if self.put(&existing, Some(was)).await? {
                         return Ok(existing);
                     }
                 }
@@ -109,6 +112,30 @@ impl IncidentStore for DynamoIncidents {
         }
         Err(StoreError::Unavailable(
             "incident kept changing while resolving".into(),
+        ))
+    }
+
+    async fn acknowledge(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+        at: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        for _ in 0..3 {
+            let Some(mut existing) = self.get(tenant_id, incident_id).await? else {
+                return Ok(None);
+            };
+            if existing.status != IncidentStatus::Open {
+                return Ok(Some(existing));
+            }
+            existing.status = IncidentStatus::Acknowledged;
+            existing.acknowledged_at = Some(at.to_owned());
+            if self.put(&existing, Some(IncidentStatus::Open)).await? {
+                return Ok(Some(existing));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "incident kept changing while acknowledging".into(),
         ))
     }
 

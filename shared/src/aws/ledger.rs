@@ -572,7 +572,7 @@ impl DynamoLedger {
             .filter(|p| {
                 matches!(
                     p.msg.alert.status,
-                    AlertStatus::Firing | AlertStatus::Resolved
+                    AlertStatus::Firing | AlertStatus::Resolved | AlertStatus::Acknowledged
                 )
             })
             .map(|p| p.pk.clone())
@@ -587,6 +587,7 @@ impl DynamoLedger {
             }
         };
         let mut claims = Vec::new();
+        // Resolves and acknowledgements: sent as they are; a resolve then releases its key.
         let mut resolves = Vec::new();
         for mut p in alerts {
             let existing = records.get(&p.pk);
@@ -596,8 +597,11 @@ impl DynamoLedger {
                     p.msg.incident_id = incident_id;
                     claims.push(p);
                 }
-                Decision::Resolve { incident_id } => {
-                    p.msg.incident_id = incident_id.clone();
+                Decision::Resolve { incident_id }
+                | Decision::Acknowledge {
+                    incident_id: Some(incident_id),
+                } => {
+                    p.msg.incident_id = incident_id;
                     resolves.push(p);
                 }
                 Decision::InFlight { retry_after, .. } => {
@@ -659,6 +663,11 @@ impl DynamoLedger {
                             warn!(error = %e, "releasing an unqueued claim failed; its lease will run out");
                         }
                         Err(StoreError::Unavailable("send to the alert queue failed".into()))
+                    }
+                    (false, true) if p.msg.alert.status == AlertStatus::Acknowledged => {
+                        Ok(Decision::Acknowledge {
+                            incident_id: Some(p.msg.incident_id.clone()),
+                        })
                     }
                     (false, true) => this
                         .keys
@@ -754,6 +763,14 @@ impl AlertLedger for DynamoLedger {
                     source_alert_id: msg.alert.source_alert_id.clone(),
                     incident_id: Some(msg.incident_id.clone()),
                     outcome: Outcome::Resolved,
+                })
+            }
+            AlertStatus::Acknowledged => {
+                self.send_one(msg).await?;
+                Ok(AlertResult {
+                    source_alert_id: msg.alert.source_alert_id.clone(),
+                    incident_id: Some(msg.incident_id.clone()),
+                    outcome: Outcome::Acknowledged,
                 })
             }
             _ => Ok(AlertResult {

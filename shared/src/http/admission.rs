@@ -122,12 +122,13 @@ async fn admit(
         resolved = count(Outcome::Resolved),
         "webhook accepted"
     );
-    let status = if results.iter().any(|r| {
-        matches!(
-            r.outcome,
-            Outcome::Created | Outcome::Resolved | Outcome::Ignored
-        )
-    }) {
+    if provider == Provider::Pagerduty {
+        return Ok(pagerduty_answer(results));
+    }
+    let status = if results
+        .iter()
+        .any(|r| r.queued() || r.outcome == Outcome::Ignored)
+    {
         StatusCode::ACCEPTED
     } else if results.iter().any(|r| r.outcome == Outcome::Duplicate) {
         return Err(ApiError::Duplicate { alerts: results });
@@ -154,4 +155,36 @@ pub struct Admitted {
     /// For a sender event that is not an alert: what was acknowledged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// The answer of the PagerDuty Events API v2, so its clients work unchanged: 202 with `status`,
+/// `message` and `dedup_key` (made up for a trigger that had none). PagerDuty answers a trigger
+/// for an open alert the same way, so a duplicate is a 202 here too, its outcome told.
+fn pagerduty_answer(results: Vec<AlertResult>) -> Response {
+    let r = results
+        .into_iter()
+        .next()
+        .expect("a PagerDuty event is one alert");
+    let answer = PagerDutyAnswer {
+        status: "success",
+        message: "Event processed",
+        dedup_key: r.source_alert_id,
+        incident_id: r.incident_id,
+        outcome: r.outcome,
+    };
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
+}
+
+/// The answer to a `pagerduty` event (PagerDuty's own fields, then ours).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PagerDutyAnswer {
+    /// Always `success`.
+    pub status: &'static str,
+    /// Always `Event processed`.
+    pub message: &'static str,
+    /// The event's `dedup_key`, or the one made up for a trigger without one.
+    pub dedup_key: String,
+    #[serde(rename = "incidentId", skip_serializing_if = "Option::is_none")]
+    pub incident_id: Option<String>,
+    pub outcome: Outcome,
 }

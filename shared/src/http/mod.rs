@@ -105,14 +105,17 @@ async fn tenant_key(app: &AppState, tenant: &str, api_key: &str) -> Result<KeyRe
     }
 }
 
-/// Authenticates a request by its `X-API-Key`.
+/// Authenticates a request by the API key in its headers (`X-API-Key`, or `Authorization` as
+/// Bearer or Basic).
 async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     tenant: &str,
 ) -> Result<KeyRecord, ApiError> {
-    let key = header_str(headers, headers::API_KEY).ok_or(ApiError::MissingApiKey("X-API-Key"))?;
-    tenant_key(app, tenant, key).await
+    let key = headers::api_key(headers).ok_or(ApiError::MissingApiKey(
+        "the X-API-Key header (or Authorization: Bearer <key>)",
+    ))?;
+    tenant_key(app, tenant, &key).await
 }
 
 /// Liveness: the process answers.
@@ -134,7 +137,7 @@ struct ListParams {
     params(
         ("tenant" = String, Path, description = "The tenant id."),
         ("X-API-Key" = String, Header, description = "One of the tenant's API keys."),
-        ("status" = Option<String>, Query, description = "open or resolved."),
+        ("status" = Option<String>, Query, description = "open, acknowledged or resolved."),
         ("limit" = Option<u32>, Query, description = "1 to 200; 50 by default."),
         ("cursor" = Option<String>, Query, description = "The nextCursor of the previous page."),
     ),
@@ -154,13 +157,11 @@ async fn list_incidents(
     let Query(p) = params.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let status = match p.status.as_deref() {
         None | Some("") => None,
-        Some("open") => Some(IncidentStatus::Open),
-        Some("resolved") => Some(IncidentStatus::Resolved),
-        Some(other) => {
-            return Err(ApiError::InvalidQuery(format!(
-                "status={other:?}: use status=open or status=resolved"
-            )))
-        }
+        Some(s) => Some(IncidentStatus::parse(s).ok_or_else(|| {
+            ApiError::InvalidQuery(format!(
+                "status={s:?}: use status=open, status=acknowledged or status=resolved"
+            ))
+        })?),
     };
     let limit = match p.limit.as_deref() {
         None | Some("") => 50,

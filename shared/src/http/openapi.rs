@@ -17,12 +17,20 @@ pub enum Acknowledged {
     Subscription(super::sns::SubscriptionAnswer),
 }
 
+/// A 202 answer of the webhook endpoint: the usual answer, or PagerDuty's for `pagerduty`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Accepted {
+    Alerts(super::admission::Admitted),
+    PagerDuty(super::admission::PagerDutyAnswer),
+}
+
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "CauseFlow ingest",
-        description = "Receives monitoring alerts (Datadog, Grafana, CloudWatch through Amazon SNS, Sentry, generic), deduplicates them and records incidents. The contract in prose: docs/contract.md.",
+        description = "Receives monitoring alerts (Datadog, Grafana, CloudWatch through Amazon SNS, Sentry, Prometheus Alertmanager, PagerDuty Events v2 senders, generic), deduplicates them and records incidents. The contract in prose: docs/contract.md.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(super::webhook::handle, super::list_incidents, super::get_incident, super::healthz),

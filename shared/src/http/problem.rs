@@ -13,7 +13,8 @@ use crate::normalize::PayloadError;
 /// An error answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("the {0} header is missing")]
+    /// No API key where the request could carry one; names where to put it.
+    #[error("no API key in {0}")]
     MissingApiKey(&'static str),
     #[error("missing signature: {0}")]
     MissingSignature(String),
@@ -106,7 +107,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "missing_api_key",
                 "Missing API key",
-                format!("The {h} header is missing: send the API key created with `causeflow keys create`."),
+                format!("No API key was sent: send the key created with `causeflow keys create` in {h}."),
             ),
             MissingSignature(d) => (StatusCode::UNAUTHORIZED, "missing_signature", "Missing signature", d.clone()),
             InvalidApiKey => (

@@ -10,8 +10,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -54,27 +52,13 @@ fn sns_error(e: SnsError) -> ApiError {
     }
 }
 
-/// The API key in `Authorization: Basic`: the password, or the user name when the password is
-/// empty (`https://<key>@host` puts it there).
-fn basic_key(headers: &HeaderMap) -> Option<String> {
-    let value = header_str(headers, http::header::AUTHORIZATION.as_str())?;
-    let (scheme, b64) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = String::from_utf8(STANDARD.decode(b64.trim()).ok()?).ok()?;
-    let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
-    let key = if password.is_empty() { user } else { password };
-    (!key.is_empty()).then(|| key.to_owned())
-}
-
 pub(super) async fn handle(
     app: &AppState,
     tenant: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let missing_key = || ApiError::MissingApiKey("X-API-Key");
+    let missing_key = || ApiError::MissingApiKey("the X-API-Key header");
     let Some(support) = app.sns.as_ref() else {
         return Err(missing_key());
     };
@@ -119,7 +103,7 @@ async fn bind_tenant(
     headers: &HeaderMap,
     topic_arn: &str,
 ) -> Result<(), ApiError> {
-    match basic_key(headers) {
+    match super::headers::basic_key(headers) {
         Some(key) => super::tenant_key(app, tenant, &key)
             .await
             .map(|_| ())
@@ -129,7 +113,7 @@ async fn bind_tenant(
             }),
         None if app.topics.topic_allowed(tenant, topic_arn).await? => Ok(()),
         None => Err(ApiError::Challenge(Box::new(ApiError::MissingApiKey(
-            "Authorization (HTTP Basic with an API key as the password, or an allow-listed topic)",
+            "HTTP Basic credentials (the key as password; or allow-list the topic)",
         )))),
     }
 }

@@ -67,7 +67,7 @@ fn alarm_alert(alarm: &Map<String, Value>, p: &str) -> Result<Alert, PayloadErro
     let status = match str_field(alarm, "NewStateValue", p)? {
         Some("ALARM") => AlertStatus::Firing,
         Some("OK") => AlertStatus::Resolved,
-        Some("INSUFFICIENT_DATA") => AlertStatus::Acknowledged,
+        Some("INSUFFICIENT_DATA") => AlertStatus::StateChange,
         _ => {
             return Err(PayloadError::new(
                 field("NewStateValue"),

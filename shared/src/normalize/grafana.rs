@@ -150,10 +150,12 @@ fn oncall(root: &Map<String, Value>) -> Result<Alert, PayloadError> {
         "escalation" | "alert group created" | "alert_group_created" | "firing" | "new"
     ) {
         AlertStatus::Firing
-    } else {
-        // acknowledge, unacknowledge, silence, unsilence, unresolve, status change: no new
-        // incident.
+    } else if event_type == "acknowledge" {
         AlertStatus::Acknowledged
+    } else {
+        // unacknowledge, silence, unsilence, unresolve, status change: no new incident, and
+        // nothing to record.
+        AlertStatus::StateChange
     };
 
     let payload = obj_field(root, "alert_payload", "")?;
@@ -283,6 +285,10 @@ mod tests {
         assert_eq!(
             alerts(base("resolve", "resolved"))[0].status,
             AlertStatus::Resolved
+        );
+        assert_eq!(
+            alerts(base("silence", "silenced"))[0].status,
+            AlertStatus::StateChange
         );
     }
 }

@@ -5,10 +5,12 @@
 //! read is checked, and a wrong type becomes a [`PayloadError`] naming the field and what was
 //! expected, which the HTTP layer answers with 400 `invalid_payload`.
 
+mod alertmanager;
 mod cloudwatch;
 mod datadog;
 mod generic;
 mod grafana;
+mod pagerduty;
 mod sentry;
 
 use std::collections::BTreeMap;
@@ -17,7 +19,9 @@ use serde_json::{Map, Value};
 
 use crate::model::{Alert, AlertStatus, Provider, Severity};
 
+pub use alertmanager::TRUNCATED_TAG;
 pub use grafana::is_oncall_payload;
+pub use pagerduty::routing_key;
 
 /// Longest accepted `sourceAlertId`, in bytes.
 pub const MAX_SOURCE_ALERT_ID_BYTES: usize = 1024;
@@ -73,6 +77,8 @@ pub fn normalize(
         Provider::Cloudwatch => cloudwatch::normalize(root)?,
         Provider::Sentry => sentry::normalize(root, ctx.sentry_resource)?,
         Provider::Generic => Normalized::Alerts(vec![generic::normalize(root)?]),
+        Provider::Alertmanager => alertmanager::normalize(root)?,
+        Provider::Pagerduty => pagerduty::normalize(root)?,
     };
     if let Normalized::Alerts(alerts) = &mut normalized {
         if alerts.is_empty() {

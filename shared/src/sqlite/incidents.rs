@@ -63,7 +63,7 @@ impl IncidentStore for SqliteIncidents {
         self.db
             .write(
                 move |c| match get(c, &incident.tenant_id, &incident.incident_id)? {
-                    Some(mut existing) if existing.status == IncidentStatus::Open => {
+                    Some(mut existing) if existing.status.is_active() => {
                         existing.status = IncidentStatus::Resolved;
                         existing.resolved_at = incident.resolved_at.clone();
                         existing.last_seen = incident.last_seen.clone();
@@ -77,6 +77,28 @@ impl IncidentStore for SqliteIncidents {
                     }
                 },
             )
+            .await
+    }
+
+    async fn acknowledge(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+        at: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        let (t, i, at) = (tenant_id.to_owned(), incident_id.to_owned(), at.to_owned());
+        self.db
+            .write(move |c| {
+                let Some(mut existing) = get(c, &t, &i)? else {
+                    return Ok(None);
+                };
+                if existing.status == IncidentStatus::Open {
+                    existing.status = IncidentStatus::Acknowledged;
+                    existing.acknowledged_at = Some(at);
+                    put(c, &existing)?;
+                }
+                Ok(Some(existing))
+            })
             .await
     }
 

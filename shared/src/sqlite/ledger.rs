@@ -103,7 +103,9 @@ impl AlertLedger for SqliteLedger {
                                 retry_after: *retry_after,
                             })
                         }
-                        Decision::Duplicate { .. } | Decision::Ignore | Decision::Acknowledge => {
+                        Decision::Duplicate { .. }
+                        | Decision::Ignore
+                        | Decision::Acknowledge { .. } => {
                             if alert.status == AlertStatus::Resolved && existing.is_some() {
                                 // An expired or abandoned record: clear it so it stops lingering.
                                 release(c, &tenant, p, &alert.source_alert_id)?;
@@ -112,8 +114,12 @@ impl AlertLedger for SqliteLedger {
                     }
                     let (outcome, incident_id) = decision.outcome();
                     let incident_id = incident_id.map(str::to_owned);
-                    if let (Decision::Create { .. } | Decision::Resolve { .. }, Some(id)) =
-                        (&decision, &incident_id)
+                    if let (
+                        Decision::Create { .. }
+                        | Decision::Resolve { .. }
+                        | Decision::Acknowledge { .. },
+                        Some(id),
+                    ) = (&decision, &incident_id)
                     {
                         let msg = QueuedAlert {
                             tenant_id: tenant.clone(),
@@ -133,10 +139,7 @@ impl AlertLedger for SqliteLedger {
                 Ok(results)
             })
             .await?;
-        if results
-            .iter()
-            .any(|r| matches!(r.outcome, Outcome::Created | Outcome::Resolved))
-        {
+        if results.iter().any(|r| r.queued()) {
             self.db.signals().queued.notify_one();
         }
         Ok(results)
@@ -175,6 +178,7 @@ impl AlertLedger for SqliteLedger {
                         }
                         Outcome::Resolved
                     }
+                    AlertStatus::Acknowledged => Outcome::Acknowledged,
                     _ => Outcome::Ignored,
                 };
                 if outcome != Outcome::Ignored {
