@@ -75,6 +75,19 @@ WEBHOOKS = [
     ("webhook-cloudwatch-alarm.json", "cloudwatch", "cloudwatch/metric-alarm-alarm.json",
      True, "Amazon Simple Notification Service Agent", "203.0.113.15", SNS_HEADERS,
      "text/plain; charset=UTF-8"),
+    # Alertmanager cannot sign: its http_config sends the key as `Authorization: Bearer`.
+    ("webhook-alertmanager-firing.json", "alertmanager", "alertmanager/group-2-firing.json",
+     False, "Alertmanager/0.25.0", "198.51.100.60", {}, "application/json"),
+    ("webhook-alertmanager-partial-resolve.json", "alertmanager",
+     "alertmanager/group-1-resolved-1-firing.json",
+     False, "Alertmanager/0.25.0", "198.51.100.60", {}, "application/json"),
+    # PagerDuty Events v2 senders put the key in the body's routing_key and send no header.
+    ("webhook-pagerduty-trigger.json", "pagerduty", "pagerduty/trigger.json",
+     False, "Checkly/1.0", "192.0.2.90", {}, "application/json"),
+    ("webhook-pagerduty-acknowledge.json", "pagerduty", "pagerduty/acknowledge.json",
+     False, "Checkly/1.0", "192.0.2.90", {}, "application/json"),
+    ("webhook-pagerduty-resolve.json", "pagerduty", "pagerduty/resolve.json",
+     False, "Checkly/1.0", "192.0.2.90", {}, "application/json"),
     ("webhook-generic-firing.json", "generic", "generic/firing-critical.json",
      True, "curl/8.5.0", "192.0.2.10", {}, "application/json"),
     ("webhook-generic-resolved.json", "generic", "generic/resolved.json",
@@ -155,6 +168,11 @@ def webhook_event(name, provider, fixture, signed, user_agent, source_ip, extra,
         "content-type": content_type,
         "x-api-key": DEV_API_KEY,
     }
+    if provider == "alertmanager":
+        del headers["x-api-key"]
+        headers["authorization"] = f"Bearer {DEV_API_KEY}"
+    elif provider == "pagerduty":
+        del headers["x-api-key"]  # the body's routing_key is the key
     if signed:
         headers["x-webhook-signature"] = sign(raw)
     headers.update(extra)

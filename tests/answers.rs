@@ -203,7 +203,7 @@ async fn unknown_provider_and_routes_are_404() {
     assert!(r.json["detail"]
         .as_str()
         .unwrap()
-        .contains("datadog, grafana, cloudwatch, sentry, generic"));
+        .contains("datadog, grafana, cloudwatch, sentry, generic, alertmanager, pagerduty"));
     let r = Resp::from(
         s.client
             .get(format!("{}/nope", s.base))

@@ -225,6 +225,11 @@ async fn every_event_fixture_is_accepted_by_the_ingest_router() {
         ("webhook-cloudwatch-alarm.json", 202),
         ("webhook-generic-firing.json", 202),
         ("webhook-generic-resolved.json", 202),
+        ("webhook-alertmanager-firing.json", 202),
+        ("webhook-alertmanager-partial-resolve.json", 202),
+        ("webhook-pagerduty-trigger.json", 202),
+        ("webhook-pagerduty-acknowledge.json", 202),
+        ("webhook-pagerduty-resolve.json", 202),
         ("get-incidents.json", 200),
     ] {
         let (status, body) = event(&app, file).await;
@@ -236,6 +241,85 @@ async fn every_event_fixture_is_accepted_by_the_ingest_router() {
         (202, Some("ignored")),
         "a second recovery finds nothing open"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_acknowledges_and_alertmanager_resolves_in_part_on_the_stack() {
+    let stack = Stack::create().await;
+    let app = stack.ingest().await;
+    let triage = stack.triage();
+    let incident = |id: String| {
+        let app = app.clone();
+        async move {
+            let req = http::Request::builder()
+                .uri(format!("/v1/tenants/demo/incidents{id}"))
+                .header("authorization", format!("Bearer {DEV_API_KEY}"))
+                .body(lambda_http::Body::Empty)
+                .unwrap();
+            call(&app, req).await.1
+        }
+    };
+
+    // The key comes from the body's routing_key; the answer is PagerDuty's.
+    let (status, t) = event(&app, "webhook-pagerduty-trigger.json").await;
+    assert_eq!(
+        (status, t["status"].as_str(), t["outcome"].as_str()),
+        (202, Some("success"), Some("created")),
+        "{t}"
+    );
+    assert_eq!(t["dedup_key"], "checkly-check-4f1e2a7b-eu-west-1");
+    let id = t["incidentId"].as_str().unwrap().to_owned();
+    assert!(stack.run_triage(&triage).await.is_empty());
+    let (status, dup) = event(&app, "webhook-pagerduty-trigger.json").await;
+    assert_eq!(
+        (status, dup["outcome"].as_str(), dup["incidentId"].as_str()),
+        (202, Some("duplicate"), Some(id.as_str())),
+        "PagerDuty answers a repeated trigger 202"
+    );
+
+    let (status, a) = event(&app, "webhook-pagerduty-acknowledge.json").await;
+    assert_eq!(
+        (status, a["outcome"].as_str(), a["incidentId"].as_str()),
+        (202, Some("acknowledged"), Some(id.as_str())),
+        "{a}"
+    );
+    assert!(stack.run_triage(&triage).await.is_empty());
+    let inc = incident(format!("/{id}")).await;
+    assert_eq!(inc["status"], "acknowledged", "{inc}");
+    assert!(inc["acknowledgedAt"].is_string(), "{inc}");
+    let listed = incident("?status=acknowledged".into()).await;
+    assert_eq!(
+        listed["incidents"][0]["incidentId"],
+        id.as_str(),
+        "{listed}"
+    );
+
+    // Resolving an acknowledged incident: the write is conditional on the status it read.
+    let (status, r) = event(&app, "webhook-pagerduty-resolve.json").await;
+    assert_eq!((status, r["outcome"].as_str()), (202, Some("resolved")));
+    assert!(stack.run_triage(&triage).await.is_empty());
+    assert_eq!(incident(format!("/{id}")).await["status"], "resolved");
+    assert_eq!(stack.dedup_items().await, 0, "the resolve released the key");
+
+    // Alertmanager, key as Bearer: a group of two, then one of them resolved.
+    let (status, fired) = event(&app, "webhook-alertmanager-firing.json").await;
+    assert_eq!(status, 202, "{fired}");
+    assert!(stack.run_triage(&triage).await.is_empty());
+    let (status, part) = event(&app, "webhook-alertmanager-partial-resolve.json").await;
+    let outcomes: Vec<&str> = part["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (status, outcomes),
+        (202, vec!["resolved", "duplicate"]),
+        "{part}"
+    );
+    assert!(stack.run_triage(&triage).await.is_empty());
+    let first = fired["alerts"][0]["incidentId"].as_str().unwrap();
+    assert_eq!(incident(format!("/{first}")).await["status"], "resolved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,7 +122,10 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "unknown_provider",
                 "Unknown provider",
-                format!("Unknown provider {p:?}: use one of datadog, grafana, cloudwatch, sentry, generic."),
+                format!(
+                    "Unknown provider {p:?}: use one of {}.",
+                    crate::model::Provider::ALL.map(|p| p.as_str()).join(", ")
+                ),
             ),
             NotFound(what) => (StatusCode::NOT_FOUND, "not_found", "Not found", what.clone()),
             InvalidPayload(d) => (StatusCode::BAD_REQUEST, "invalid_payload", "Invalid payload", d.clone()),
