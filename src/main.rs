@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use cli::dead_letters::{dead_letters, DeadLettersCmd};
 use cli::incidents::{incidents, IncidentsCmd};
 use cli::keys::{keys, KeysCmd};
+use cli::local_stack::{local_stack, LocalStackCmd};
 use cli::serve::{serve, ServeArgs};
 use cli::sign::sign_stdin;
 use cli::subscriptions::{subscriptions, SubscriptionsCmd};
@@ -50,6 +51,9 @@ enum Command {
     /// Alerts that triage gave up on: list them, and redrive them after a fix.
     #[command(subcommand)]
     DeadLetters(DeadLettersCmd),
+    /// The Lambda stack on this machine, in an AWS emulator (scripts/local-stack runs these).
+    #[command(subcommand)]
+    LocalStack(LocalStackCmd),
 }
 
 #[tokio::main]
@@ -63,5 +67,6 @@ async fn main() -> Result<()> {
         Command::Incidents(cmd) => incidents(cmd).await,
         Command::Subscriptions(cmd) => subscriptions(cmd).await,
         Command::DeadLetters(cmd) => dead_letters(cmd).await,
+        Command::LocalStack(cmd) => local_stack(cmd).await,
     }
 }

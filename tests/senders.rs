@@ -58,13 +58,14 @@ async fn alertmanager_authenticates_as_its_http_config_can() {
     post_raw(&s, "alertmanager", &body, &[("authorization", &bearer)])
         .await
         .expect(202);
-    // The same group again, each way: duplicates of the incidents the first opened.
+    // The same group again, each way: duplicates of the incidents the first opened, answered
+    // 202 (Alertmanager counts anything else as a failed notification).
     for auth in [
         ("authorization", basic.as_str()),
         ("x-api-key", s.api_key.as_str()),
     ] {
         let r = post_raw(&s, "alertmanager", &body, &[auth]).await;
-        r.expect(409);
+        r.expect(202);
         assert_eq!(r.outcomes(), ["duplicate", "duplicate"], "{}", r.text);
     }
     let r = post_raw(&s, "alertmanager", &body, &[]).await;
@@ -325,22 +326,99 @@ async fn an_acknowledgement_triaged_before_its_firing_waits_for_it() {
         .unwrap()
         .unwrap();
     assert_eq!(inc.status, IncidentStatus::Acknowledged);
-    // A redelivered firing still dispatches (task ids keep it to once per agent).
+    // A redelivered firing after the acknowledgement finishes its dispatch, once per agent (task
+    // ids are stable), and leaves the incident acknowledged.
     s.app
         .triage
         .process(&msg(AlertStatus::Firing))
         .await
         .unwrap();
+    let inc = s
+        .app
+        .incidents
+        .get(&s.tenant, "inc_early")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inc.status, IncidentStatus::Acknowledged);
+    let rows = s
+        .app
+        .dispatcher
+        .for_incident(&s.tenant, "inc_early")
+        .await
+        .unwrap();
+    let mut agents: Vec<&str> = rows.iter().map(|r| r.agent.as_str()).collect();
+    agents.sort_unstable();
+    let mut want: Vec<&str> = inc.agents.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert!(!want.is_empty());
+    assert_eq!(agents, want, "each agent dispatched exactly once");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_whose_incident_never_opens_is_dropped_at_its_last_receive() {
+    let s = Server::start().await;
+    let msg = QueuedAlert {
+        tenant_id: s.tenant.clone(),
+        provider: Provider::Pagerduty,
+        incident_id: "inc_never".into(),
+        alert: Alert {
+            source_alert_id: "never".into(),
+            status: AlertStatus::Acknowledged,
+            title: "PagerDuty event".into(),
+            title_truncated: false,
+            message: None,
+            severity: Severity::Info,
+            service: None,
+            environment: None,
+            tags: Default::default(),
+            links: vec![],
+            test: false,
+            unsigned: true,
+        },
+        received_at: "2026-11-28T09:41:00.000Z".into(),
+    };
+    let record = |receive_count| causeflow_shared::triage::QueueRecord {
+        id: "m1".into(),
+        body: serde_json::to_string(&msg).unwrap(),
+        receive_count,
+    };
+    let max = s.app.triage.max_receives;
     assert_eq!(
-        s.app
-            .incidents
-            .get(&s.tenant, "inc_early")
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        IncidentStatus::Acknowledged
+        s.app.triage.handle_batch(vec![record(1)]).await,
+        ["m1"],
+        "retried while the firing may still come"
     );
+    assert!(
+        s.app
+            .triage
+            .handle_batch(vec![record(max)])
+            .await
+            .is_empty(),
+        "dropped, not dead-lettered, at the last receive"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_with_a_bearer_key_takes_the_signed_path_not_snss() {
+    let s = Server::start().await;
+    let body = fixture("cloudwatch/metric-alarm-alarm.json");
+    let sig = causeflow_shared::auth::sign(&s.secret, &[&body]);
+    let r = post_raw(
+        &s,
+        "cloudwatch",
+        &body,
+        &[
+            ("authorization", &format!("Bearer {}", s.api_key)),
+            ("x-webhook-signature", &sig),
+            ("x-amz-sns-message-type", "Notification"),
+        ],
+    )
+    .await;
+    r.expect(202);
+    assert_eq!(r.outcomes(), ["created"], "{}", r.text);
     s.shutdown().await;
 }
 

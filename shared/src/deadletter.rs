@@ -59,7 +59,8 @@ pub async fn list(letters: &dyn DeadLetters, limit: usize) -> Result<Vec<DeadLet
 pub struct Redriven {
     pub id: String,
     /// What became of it: `created` (queued again), `duplicate` (another incident holds the key
-    /// by now, so nothing was queued), `resolved` (the resolve was queued again) or `ignored`.
+    /// by now, so nothing was queued), `resolved` (the resolve was queued again), `acknowledged`
+    /// (the acknowledgement was queued again) or `ignored`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<AlertResult>,
     /// Why it was left in place.

@@ -99,9 +99,7 @@ pub fn decide(
     // an incident it never opened.
     let unexpired = existing.filter(|r| r.expires_at_ms > now_ms);
     match (status, live) {
-        (AlertStatus::StateChange, _) | (AlertStatus::Acknowledged, None) => {
-            Decision::Acknowledge { incident_id: None }
-        }
+        (AlertStatus::StateChange, _) => Decision::Acknowledge { incident_id: None },
         // Queued behind a firing that may yet fail: wait for it, as a duplicate would.
         (AlertStatus::Acknowledged | AlertStatus::Firing, Some(r)) if r.pending => {
             Decision::InFlight {
@@ -109,8 +107,11 @@ pub fn decide(
                 retry_after: Duration::from_millis((r.lease_until_ms - now_ms).max(0) as u64),
             }
         }
-        (AlertStatus::Acknowledged, Some(r)) => Decision::Acknowledge {
-            incident_id: Some(r.incident_id.clone()),
+        // Like a resolve, an acknowledgement follows even a stale pending record: its firing may
+        // well have been queued, and triage waits for the incident (or drops the acknowledgement
+        // when it never comes).
+        (AlertStatus::Acknowledged, _) => Decision::Acknowledge {
+            incident_id: unexpired.map(|r| r.incident_id.clone()),
         },
         (AlertStatus::Ignored, _) => Decision::Ignore,
         (AlertStatus::Firing, Some(r)) => Decision::Duplicate {
@@ -236,6 +237,13 @@ mod tests {
             decide(Some(&rec(true, 10, 100)), Acknowledged, 5, new),
             Decision::InFlight { .. }
         ));
+        assert_eq!(
+            decide(Some(&rec(true, 10, 100)), Acknowledged, 50, new),
+            Decision::Acknowledge {
+                incident_id: Some("inc_1".into())
+            },
+            "a stale pending record's firing may have been queued"
+        );
         assert_eq!(
             decide(Some(&open), Acknowledged, 100, new),
             Decision::Acknowledge { incident_id: None },

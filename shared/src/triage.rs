@@ -68,7 +68,16 @@ impl Triage {
                 let msg = serde_json::from_str::<QueuedAlert>(&rec.body)
                     .map_err(|e| TriageError::Malformed(e.to_string()))?;
                 let result = this.process(&msg).await;
-                if result.is_err() && rec.receive_count >= this.max_receives {
+                let last = rec.receive_count >= this.max_receives;
+                if last && matches!(result, Err(TriageError::NotYetOpen)) {
+                    // Its firing never became an incident (it was dead-lettered, or never
+                    // queued): there is nothing to acknowledge, and a redrive could not change
+                    // that.
+                    warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                          "an acknowledgement found no incident after its last receive; dropped");
+                    return Ok(());
+                }
+                if result.is_err() && last {
                     this.give_up(&msg).await;
                 }
                 result

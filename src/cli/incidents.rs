@@ -14,7 +14,8 @@ pub enum IncidentsCmd {
     List {
         #[arg(long)]
         tenant: String,
-        #[arg(long, value_parser = ["open", "resolved"])]
+        /// open, acknowledged or resolved.
+        #[arg(long, value_parser = ["open", "acknowledged", "resolved"])]
         status: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -35,13 +36,7 @@ pub async fn incidents(cmd: IncidentsCmd) -> Result<()> {
     } = cmd;
     let store = open_incidents(&store).await?;
     let query = IncidentQuery {
-        status: status.map(|s| {
-            if s == "open" {
-                IncidentStatus::Open
-            } else {
-                IncidentStatus::Resolved
-            }
-        }),
+        status: status.as_deref().and_then(IncidentStatus::parse),
         limit: limit.clamp(1, 1000),
         cursor: None,
     };

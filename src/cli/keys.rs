@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Subcommand;
 
 use super::stores::open_directory;
@@ -169,8 +169,13 @@ pub async fn keys(cmd: KeysCmd) -> Result<()> {
             println!("Only the current webhook secret of {key} verifies now.");
         }
         KeysCmd::CreateDev { store } => {
+            // The key is public: the SQLite file, or an AWS emulator on this machine, never a
+            // deployed stack.
+            #[cfg(feature = "aws")]
             if store.aws {
-                bail!("the development key is public: it is for the local database only, never a deployed stack");
+                causeflow_shared::aws::devstack::require_loopback(
+                    "the development key (public, for local use only)",
+                )?;
             }
             let k = causeflow_shared::auth::dev_key();
             open_directory(&store)

@@ -5,6 +5,7 @@
 pub mod dead_letters;
 pub mod incidents;
 pub mod keys;
+pub mod local_stack;
 pub mod serve;
 pub mod sign;
 pub mod stores;

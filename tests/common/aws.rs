@@ -6,13 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
-};
 use aws_sdk_sqs::types::QueueAttributeName;
 use axum::body::Body;
 use causeflow_shared::auth::{dev_key, sign, DEV_API_KEY, DEV_WEBHOOK_SECRET};
+use causeflow_shared::aws::devstack;
 use causeflow_shared::aws::{IngestConfig, TriageConfig};
 use causeflow_shared::dedup::DedupConfig;
 use causeflow_shared::host::lambda::{ingest_state, triage};
@@ -44,74 +41,34 @@ pub struct Stack {
 }
 
 pub fn template() -> Value {
-    let yaml: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(Path::new(ROOT).join("template.yaml")).unwrap(),
-    )
-    .unwrap();
-    serde_json::to_value(yaml).unwrap()
+    devstack::read_template(&Path::new(ROOT).join("template.yaml")).unwrap()
 }
 
 impl Stack {
+    /// The template's tables, queues and topic, with names unique to this test, created by the
+    /// same code as `causeflow local-stack`.
     pub async fn create() -> Stack {
         let _ = endpoint();
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let (ddb, sqs, sns) = (
-            aws_sdk_dynamodb::Client::new(&sdk),
-            aws_sdk_sqs::Client::new(&sdk),
-            aws_sdk_sns::Client::new(&sdk),
-        );
         let template = template();
-        let suffix = uuid_suffix();
-        let mut refs = HashMap::new();
-        let resources = template["Resources"].as_object().unwrap().clone();
-        // Queues without a redrive policy first, so dead-letter targets exist.
-        let mut ordered: Vec<(&String, &Value)> = resources.iter().collect();
-        ordered.sort_by_key(|(_, r)| r["Properties"].get("RedrivePolicy").is_some());
-        let mut arns = HashMap::new();
-        for (id, r) in ordered {
-            let props = &r["Properties"];
-            match r["Type"].as_str().unwrap() {
-                "AWS::DynamoDB::Table" => {
-                    let name = format!("{id}-{suffix}");
-                    create_table(&ddb, &name, props).await;
-                    refs.insert(id.clone(), name);
-                }
-                "AWS::SQS::Queue" => {
-                    let mut req = sqs.create_queue().queue_name(format!("{id}-{suffix}"));
-                    for key in ["VisibilityTimeout", "MessageRetentionPeriod"] {
-                        if let Some(v) = props.get(key) {
-                            req = req.attributes(QueueAttributeName::from(key), v.to_string());
-                        }
-                    }
-                    if let Some(rp) = props.get("RedrivePolicy") {
-                        let target = rp["deadLetterTargetArn"]["Fn::GetAtt"][0].as_str().unwrap();
-                        let policy = json!({"deadLetterTargetArn": arns[target], "maxReceiveCount": rp["maxReceiveCount"]});
-                        req = req.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
-                    }
-                    let url = req.send().await.unwrap().queue_url.unwrap();
-                    let arn = queue_arn(&sqs, &url).await;
-                    arns.insert(id.clone(), arn);
-                    refs.insert(id.clone(), url);
-                }
-                "AWS::SNS::Topic" => {
-                    let arn = sns
-                        .create_topic()
-                        .name(format!("{id}-{suffix}"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .topic_arn
-                        .unwrap();
-                    refs.insert(id.clone(), arn);
-                }
-                _ => {}
+        for (id, r) in template["Resources"].as_object().unwrap() {
+            if r["Type"] == "AWS::DynamoDB::Table" {
+                let props = &r["Properties"];
+                assert_eq!(props["BillingMode"], "PAY_PER_REQUEST", "{id} is on-demand");
+                assert_eq!(
+                    props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true,
+                    "{id} has PITR"
+                );
             }
         }
+        let refs = devstack::create_resources(&sdk, &template, &uuid_suffix())
+            .await
+            .unwrap();
         Stack {
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sns: aws_sdk_sns::Client::new(&sdk),
             sdk,
-            ddb,
-            sqs,
-            sns,
             refs,
             template,
         }
@@ -119,24 +76,7 @@ impl Stack {
 
     /// A function's environment as the template sets it, with `Ref`s resolved to this stack.
     pub fn env(&self, function: &str) -> BTreeMap<String, String> {
-        let vars = self.template["Resources"][function]["Properties"]["Environment"]["Variables"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{function} has no Environment.Variables"));
-        vars.iter()
-            .filter_map(|(k, v)| {
-                if let Some(literal) = v.as_str() {
-                    return Some((k.clone(), literal.to_owned()));
-                }
-                let r = v.get("Ref")?.as_str()?;
-                Some((
-                    k.clone(),
-                    self.refs
-                        .get(r)
-                        .cloned()
-                        .unwrap_or_else(|| format!("parameter:{r}")),
-                ))
-            })
-            .collect()
+        devstack::function_env(&self.template, &self.refs, function).unwrap()
     }
 
     pub fn ingest_config(&self) -> IngestConfig {
@@ -360,74 +300,6 @@ pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
         .attributes
         .unwrap()[&QueueAttributeName::QueueArn]
         .clone()
-}
-
-pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, props: &Value) {
-    let key = |k: &Value| {
-        KeySchemaElement::builder()
-            .attribute_name(k["AttributeName"].as_str().unwrap())
-            .key_type(KeyType::from(k["KeyType"].as_str().unwrap()))
-            .build()
-            .unwrap()
-    };
-    assert_eq!(
-        props["BillingMode"], "PAY_PER_REQUEST",
-        "{name} is on-demand"
-    );
-    assert_eq!(
-        props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true,
-        "{name} has PITR"
-    );
-    let mut req = ddb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest);
-    for a in props["AttributeDefinitions"].as_array().unwrap() {
-        req = req.attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(a["AttributeName"].as_str().unwrap())
-                .attribute_type(ScalarAttributeType::from(
-                    a["AttributeType"].as_str().unwrap(),
-                ))
-                .build()
-                .unwrap(),
-        );
-    }
-    for k in props["KeySchema"].as_array().unwrap() {
-        req = req.key_schema(key(k));
-    }
-    for g in props["GlobalSecondaryIndexes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
-        let mut gb = GlobalSecondaryIndex::builder()
-            .index_name(g["IndexName"].as_str().unwrap())
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            );
-        for k in g["KeySchema"].as_array().unwrap() {
-            gb = gb.key_schema(key(k));
-        }
-        req = req.global_secondary_indexes(gb.build().unwrap());
-    }
-    req.send().await.unwrap();
-    if let Some(ttl) = props.get("TimeToLiveSpecification") {
-        ddb.update_time_to_live()
-            .table_name(name)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(ttl["AttributeName"].as_str().unwrap())
-                    .enabled(ttl["Enabled"].as_bool().unwrap())
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
-    }
 }
 
 pub fn sqs_event(records: impl Iterator<Item = (String, String)>) -> SqsEvent {

@@ -5,6 +5,8 @@
 
 mod config;
 mod deadletters;
+#[cfg(feature = "devstack")]
+pub mod devstack;
 mod directory;
 mod incidents;
 mod item;

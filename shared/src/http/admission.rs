@@ -123,11 +123,14 @@ async fn admit(
         "webhook accepted"
     );
     if provider == Provider::Pagerduty {
-        return Ok(pagerduty_answer(results));
+        return pagerduty_answer(results);
     }
+    // Alertmanager re-sends a firing group every repeat_interval and counts anything but a 2xx
+    // as a failed notification, which it repeats and alerts on: its duplicates are accepted.
     let status = if results
         .iter()
         .any(|r| r.queued() || r.outcome == Outcome::Ignored)
+        || provider == Provider::Alertmanager
     {
         StatusCode::ACCEPTED
     } else if results.iter().any(|r| r.outcome == Outcome::Duplicate) {
@@ -160,11 +163,12 @@ pub struct Admitted {
 /// The answer of the PagerDuty Events API v2, so its clients work unchanged: 202 with `status`,
 /// `message` and `dedup_key` (made up for a trigger that had none). PagerDuty answers a trigger
 /// for an open alert the same way, so a duplicate is a 202 here too, its outcome told.
-fn pagerduty_answer(results: Vec<AlertResult>) -> Response {
-    let r = results
-        .into_iter()
-        .next()
-        .expect("a PagerDuty event is one alert");
+fn pagerduty_answer(results: Vec<AlertResult>) -> Result<Response, ApiError> {
+    let Some(r) = results.into_iter().next() else {
+        return Err(ApiError::Unavailable(
+            "the event was not admitted; retry".into(),
+        ));
+    };
     let answer = PagerDutyAnswer {
         status: "success",
         message: "Event processed",
@@ -172,7 +176,7 @@ fn pagerduty_answer(results: Vec<AlertResult>) -> Response {
         incident_id: r.incident_id,
         outcome: r.outcome,
     };
-    (StatusCode::ACCEPTED, Json(answer)).into_response()
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// The answer to a `pagerduty` event (PagerDuty's own fields, then ours).

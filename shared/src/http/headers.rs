@@ -73,12 +73,17 @@ pub(crate) fn api_key(headers: &HeaderMap) -> Option<String> {
     if let Some(k) = header_str(headers, API_KEY) {
         return Some(k.to_owned());
     }
+    bearer_key(headers).or_else(|| basic_key(headers))
+}
+
+/// The key in `Authorization: Bearer <key>`.
+pub(crate) fn bearer_key(headers: &HeaderMap) -> Option<String> {
     let value = header_str(headers, http::header::AUTHORIZATION.as_str())?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
             Some(token.trim().to_owned()).filter(|t| !t.is_empty())
         }
-        _ => basic_key(headers),
+        _ => None,
     }
 }
 

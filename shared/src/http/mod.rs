@@ -136,8 +136,8 @@ struct ListParams {
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/incidents", tag = "incidents",
     params(
         ("tenant" = String, Path, description = "The tenant id."),
-        ("X-API-Key" = String, Header, description = "One of the tenant's API keys."),
-        ("status" = Option<String>, Query, description = "open, acknowledged or resolved."),
+        ("X-API-Key" = Option<String>, Header, description = "One of the tenant's API keys (or send it as Authorization: Bearer <key>, or HTTP Basic with the key as password)."),
+        ("status" = Option<String>, Query, description = "open (nobody has acknowledged it), acknowledged or resolved."),
         ("limit" = Option<u32>, Query, description = "1 to 200; 50 by default."),
         ("cursor" = Option<String>, Query, description = "The nextCursor of the previous page."),
     ),
@@ -188,7 +188,7 @@ async fn list_incidents(
     params(
         ("tenant" = String, Path, description = "The tenant id."),
         ("incident" = String, Path, description = "The incident id."),
-        ("X-API-Key" = String, Header, description = "One of the tenant's API keys."),
+        ("X-API-Key" = Option<String>, Header, description = "One of the tenant's API keys (or send it as Authorization: Bearer <key>, or HTTP Basic with the key as password)."),
     ),
     responses(
         (status = 200, description = "The incident.", body = crate::model::Incident),

@@ -10,7 +10,7 @@ use axum::response::Response;
 use tracing::instrument;
 
 use super::admission::{admit_charged, read_body};
-use super::headers::{api_key, header_str, request_headers, API_KEY};
+use super::headers::{api_key, bearer_key, header_str, request_headers, API_KEY};
 use super::{ApiError, AppState};
 use crate::ingest::verify_and_normalize;
 use crate::model::Provider;
@@ -72,9 +72,13 @@ pub(super) async fn handle(
         }
     }
 
-    // Amazon SNS cannot send headers: without a key, a cloudwatch request must stand on SNS's
-    // own signature (docs/contract.md#authentication).
-    if provider == Provider::Cloudwatch && header_str(&headers, API_KEY).is_none() {
+    // Amazon SNS cannot send headers: without a key header, a cloudwatch request must stand on
+    // SNS's own signature (docs/contract.md#authentication). Basic credentials are how SNS binds
+    // a delivery to the tenant, so they stay on that path.
+    if provider == Provider::Cloudwatch
+        && header_str(&headers, API_KEY).is_none()
+        && bearer_key(&headers).is_none()
+    {
         return super::sns::handle(&app, &tenant, &headers, body).await;
     }
     // PagerDuty senders may carry the key only as the body's `routing_key`: that body is read

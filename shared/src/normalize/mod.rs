@@ -323,8 +323,15 @@ fn alert(source_alert_id: String, status: AlertStatus, title: &str, severity: Se
     a
 }
 
-/// Pushes a link when it is a non-empty string.
+/// Most links an alert keeps; a sender's list beyond it is cut.
+pub const MAX_LINKS: usize = 50;
+
+/// Pushes a link when it is a non-empty string, new, and within [`MAX_LINKS`] (so a long list
+/// costs no quadratic time).
 fn push_link(links: &mut Vec<String>, link: Option<&str>) {
+    if links.len() >= MAX_LINKS {
+        return;
+    }
     if let Some(l) = link.filter(|l| !l.trim().is_empty()) {
         if !links.iter().any(|x| x == l) {
             links.push(l.to_owned());
