@@ -656,6 +656,74 @@ async fn sns_subscription_is_confirmed_with_the_api_in_the_topics_region() {
     assert_eq!(subs[0].state, SubscriptionState::Unsubscribed);
 }
 
+/// The dependencies (name and spec) of a function's Cargo.toml.
+fn function_dependencies(function: &str) -> BTreeMap<String, String> {
+    let text =
+        std::fs::read_to_string(Path::new(ROOT).join(format!("functions/{function}/Cargo.toml")))
+            .unwrap();
+    let section = text
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    section
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().trim_end_matches(".workspace").to_owned(),
+                v.trim().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn both_functions_resolve_one_dependency_set_so_sam_builds_share_work() {
+    // docs/operations.md: each function alone (as `sam build` builds it) must resolve every
+    // shared dependency with the same features as the other.
+    assert_eq!(
+        function_dependencies("ingest"),
+        function_dependencies("triage")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_key_goes_only_into_an_emulator_on_this_machine() {
+    let stack = Stack::create().await;
+    let config = stack.ingest_config();
+    let create_dev = |endpoint: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_causeflow"))
+            .args(["keys", "create-dev", "--aws"])
+            .args(["--keys-table", &config.keys_table])
+            .args(["--tenants-table", &config.tenants_table])
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .output()
+            .unwrap()
+    };
+    // A real AWS endpoint is refused before any call is made.
+    let out = create_dev("https://dynamodb.eu-west-1.amazonaws.com");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("emulator on this machine"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The emulator on loopback takes it, and the events/ fixtures authenticate with it.
+    let out = create_dev(&endpoint());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app = router(ingest_state(&stack.sdk, &config));
+    let (status, body) = event(&app, "webhook-generic-firing.json").await;
+    assert_eq!(status, 202, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_manages_keys_and_topics_in_the_stack_tables() {
     let stack = Stack::create().await;
