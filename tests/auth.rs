@@ -13,30 +13,23 @@ fn generic_body(id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn raw(s: &Server, provider: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
-    let mut req = s
-        .client
-        .post(s.webhook_url(provider))
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    Resp::from(req.body(body.to_vec()).send().await.unwrap()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_headers_are_named() {
     let s = Server::start().await;
     let body = generic_body("a1");
     let sig = sign(&s.secret, &[&body]);
 
-    let r = raw(&s, "generic", &body, &[("x-webhook-signature", &sig)]).await;
+    let r = s
+        .post_exact("generic", &body, &[("x-webhook-signature", &sig)])
+        .await;
     r.expect(401);
     assert_eq!(r.code(), "missing_api_key");
     assert!(r.json["detail"].as_str().unwrap().contains("X-API-Key"));
 
     for provider in ["generic", "grafana", "sentry", "cloudwatch"] {
-        let r = raw(&s, provider, &body, &[("x-api-key", &s.api_key)]).await;
+        let r = s
+            .post_exact(provider, &body, &[("x-api-key", &s.api_key)])
+            .await;
         r.expect(401);
         assert_eq!(r.code(), "missing_signature", "{provider}");
         assert!(
@@ -46,13 +39,13 @@ async fn missing_headers_are_named() {
         );
     }
     // An empty header counts as missing, not as a malformed signature.
-    let r = raw(
-        &s,
-        "generic",
-        &body,
-        &[("x-api-key", &s.api_key), ("x-webhook-signature", "")],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "generic",
+            &body,
+            &[("x-api-key", &s.api_key), ("x-webhook-signature", "")],
+        )
+        .await;
     assert_eq!(r.code(), "missing_signature");
 }
 
@@ -80,13 +73,13 @@ async fn unknown_revoked_and_foreign_keys_get_one_answer() {
         (revoked.api_key.as_str(), revoked.webhook_secret.as_str()),
     ] {
         let sig = sign(secret, &[&body]);
-        let r = raw(
-            &s,
-            "generic",
-            &body,
-            &[("x-api-key", key), ("x-webhook-signature", &sig)],
-        )
-        .await;
+        let r = s
+            .post_exact(
+                "generic",
+                &body,
+                &[("x-api-key", key), ("x-webhook-signature", &sig)],
+            )
+            .await;
         r.expect(401);
         assert_eq!(r.code(), "invalid_api_key");
         details.push(r.json["detail"].clone());
@@ -129,14 +122,9 @@ async fn signature_forms_and_mismatches() {
 
     // Upper-case hex with the sha256= prefix verifies.
     let upper = format!("sha256={}", sig.to_uppercase());
-    raw(
-        &s,
-        "generic",
-        &body,
-        &[key, ("x-webhook-signature", &upper)],
-    )
-    .await
-    .expect(202);
+    s.post_exact("generic", &body, &[key, ("x-webhook-signature", &upper)])
+        .await
+        .expect(202);
 
     let body2 = generic_body("s2");
     for bad in [
@@ -146,20 +134,22 @@ async fn signature_forms_and_mismatches() {
         "not-hex".to_owned(),
         sign(&s.secret, &[&body]), // a signature of another body
     ] {
-        let r = raw(&s, "generic", &body2, &[key, ("x-webhook-signature", &bad)]).await;
+        let r = s
+            .post_exact("generic", &body2, &[key, ("x-webhook-signature", &bad)])
+            .await;
         r.expect(401);
         assert_eq!(r.code(), "signature_mismatch", "{bad}");
     }
     // One flipped byte in the body.
     let mut tampered = body2.clone();
     tampered[5] ^= 1;
-    let r = raw(
-        &s,
-        "generic",
-        &tampered,
-        &[key, ("x-webhook-signature", &sign(&s.secret, &[&body2]))],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "generic",
+            &tampered,
+            &[key, ("x-webhook-signature", &sign(&s.secret, &[&body2]))],
+        )
+        .await;
     assert_eq!(r.code(), "signature_mismatch");
     assert_eq!(
         s.dedup_rows().await,
@@ -180,8 +170,7 @@ async fn rotated_secrets_both_verify_until_retired() {
     let key = ("x-api-key", s.api_key.as_str());
     for (i, secret) in [s.secret.as_str(), new.as_str()].into_iter().enumerate() {
         let body = generic_body(&format!("rot{i}"));
-        raw(
-            &s,
+        s.post_exact(
             "generic",
             &body,
             &[key, ("x-webhook-signature", &sign(secret, &[&body]))],
@@ -195,17 +184,16 @@ async fn rotated_secrets_both_verify_until_retired() {
         .await
         .unwrap();
     let body = generic_body("rot-old");
-    let r = raw(
-        &s,
-        "generic",
-        &body,
-        &[key, ("x-webhook-signature", &sign(&s.secret, &[&body]))],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "generic",
+            &body,
+            &[key, ("x-webhook-signature", &sign(&s.secret, &[&body]))],
+        )
+        .await;
     assert_eq!(r.code(), "signature_mismatch");
     let body = generic_body("rot-new");
-    raw(
-        &s,
+    s.post_exact(
         "generic",
         &body,
         &[key, ("x-webhook-signature", &sign(&new, &[&body]))],
@@ -219,13 +207,12 @@ async fn datadog_needs_only_the_key_but_a_signature_must_verify() {
     let s = Server::start().await;
     let body = json!({"alert_id": "77", "title": "x", "alert_type": "error"}).to_string();
     let key = ("x-api-key", s.api_key.as_str());
-    raw(&s, "datadog", body.as_bytes(), &[key])
+    s.post_exact("datadog", body.as_bytes(), &[key])
         .await
         .expect(202);
     // The product page tells Datadog users to leave the header blank.
     let body = json!({"alert_id": "78", "title": "x"}).to_string();
-    raw(
-        &s,
+    s.post_exact(
         "datadog",
         body.as_bytes(),
         &[key, ("x-webhook-signature", "")],
@@ -233,16 +220,16 @@ async fn datadog_needs_only_the_key_but_a_signature_must_verify() {
     .await
     .expect(202);
     let body = json!({"alert_id": "79", "title": "x"}).to_string();
-    let r = raw(
-        &s,
-        "datadog",
-        body.as_bytes(),
-        &[
-            key,
-            ("x-webhook-signature", &sign("nope", &[body.as_bytes()])),
-        ],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "datadog",
+            body.as_bytes(),
+            &[
+                key,
+                ("x-webhook-signature", &sign("nope", &[body.as_bytes()])),
+            ],
+        )
+        .await;
     assert_eq!(r.code(), "signature_mismatch");
 }
 
@@ -261,8 +248,7 @@ async fn grafana_signature_headers_and_timestamp_window() {
 
     // Grafana's default header name.
     let b = grafana_body("f1");
-    raw(
-        &s,
+    s.post_exact(
         "grafana",
         &b,
         &[
@@ -286,13 +272,13 @@ async fn grafana_signature_headers_and_timestamp_window() {
         let b = grafana_body(&format!("ts{i}"));
         let ts = (now + offset).to_string();
         let sig = sign(&s.secret, &[ts.as_bytes(), b":", &b]);
-        let r = raw(
-            &s,
-            "grafana",
-            &b,
-            &[key, ("x-webhook-signature", &sig), (ts_header, &ts)],
-        )
-        .await;
+        let r = s
+            .post_exact(
+                "grafana",
+                &b,
+                &[key, ("x-webhook-signature", &sig), (ts_header, &ts)],
+            )
+            .await;
         if ok {
             r.expect(202);
         } else {
@@ -303,17 +289,17 @@ async fn grafana_signature_headers_and_timestamp_window() {
     // A body-only signature sent with a timestamp header does not verify.
     let b = grafana_body("ts-wrong");
     let ts = now.to_string();
-    let r = raw(
-        &s,
-        "grafana",
-        &b,
-        &[
-            key,
-            ("x-webhook-signature", &sign(&s.secret, &[&b])),
-            ("x-webhook-timestamp", &ts),
-        ],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "grafana",
+            &b,
+            &[
+                key,
+                ("x-webhook-signature", &sign(&s.secret, &[&b])),
+                ("x-webhook-timestamp", &ts),
+            ],
+        )
+        .await;
     assert_eq!(r.code(), "signature_mismatch");
 }
 
@@ -324,21 +310,21 @@ async fn oncall_may_skip_the_signature_but_other_grafana_payloads_may_not() {
     let oncall = json!({"event":{"type":"escalation","time":"2026-11-28T10:00:00Z"},
         "alert_group":{"id":"IABC","state":"firing","title":"DB down"},"alert_group_id":"IABC","alert_payload":{}})
     .to_string();
-    raw(&s, "grafana", oncall.as_bytes(), &[key])
+    s.post_exact("grafana", oncall.as_bytes(), &[key])
         .await
         .expect(202);
-    let r = raw(
-        &s,
-        "grafana",
-        oncall.as_bytes(),
-        &[
-            key,
-            ("x-webhook-signature", &sign("bad", &[oncall.as_bytes()])),
-        ],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "grafana",
+            oncall.as_bytes(),
+            &[
+                key,
+                ("x-webhook-signature", &sign("bad", &[oncall.as_bytes()])),
+            ],
+        )
+        .await;
     assert_eq!(r.code(), "signature_mismatch");
-    let r = raw(&s, "grafana", &grafana_body("g1"), &[key]).await;
+    let r = s.post_exact("grafana", &grafana_body("g1"), &[key]).await;
     assert_eq!(r.code(), "missing_signature");
 }
 
@@ -353,13 +339,13 @@ async fn sentry_hook_signature_uses_the_registered_client_secret() {
     let client_secret = "sentry-client-secret-123";
     let sig = sign(client_secret, &[body.as_bytes()]);
 
-    let r = raw(
-        &s,
-        "sentry",
-        body.as_bytes(),
-        &[key, hook, ("sentry-hook-signature", &sig)],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "sentry",
+            body.as_bytes(),
+            &[key, hook, ("sentry-hook-signature", &sig)],
+        )
+        .await;
     r.expect(401);
     assert!(
         r.json["detail"]
@@ -375,30 +361,28 @@ async fn sentry_hook_signature_uses_the_registered_client_secret() {
         .set_sentry_secret("acme", &s.key_id, client_secret)
         .await
         .unwrap();
-    raw(
-        &s,
+    s.post_exact(
         "sentry",
         body.as_bytes(),
         &[key, hook, ("sentry-hook-signature", &sig)],
     )
     .await
     .expect(202);
-    let r = raw(
-        &s,
-        "sentry",
-        body.as_bytes(),
-        &[
-            key,
-            hook,
-            ("sentry-hook-signature", &sign("x", &[body.as_bytes()])),
-        ],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "sentry",
+            body.as_bytes(),
+            &[
+                key,
+                hook,
+                ("sentry-hook-signature", &sign("x", &[body.as_bytes()])),
+            ],
+        )
+        .await;
     assert_eq!(r.code(), "signature_mismatch");
     // The webhook secret works for Sentry too.
     let body2 = body.replace("1001", "1002");
-    raw(
-        &s,
+    s.post_exact(
         "sentry",
         body2.as_bytes(),
         &[

@@ -25,17 +25,6 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 /// POSTs `body` to `provider` with exactly `headers` (no key or signature added).
-async fn post_raw(s: &Server, provider: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
-    let mut req = s
-        .client
-        .post(s.webhook_url(provider))
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    Resp::from(req.body(body.to_vec()).send().await.unwrap()).await
-}
-
 /// A PagerDuty event with `routing_key` set to `key`.
 fn pd_event(key: &str, action: &str, dedup_key: &str) -> Vec<u8> {
     let mut v = json!({"routing_key": key, "event_action": action, "dedup_key": dedup_key});
@@ -55,7 +44,7 @@ async fn alertmanager_authenticates_as_its_http_config_can() {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("alertmanager:{}", s.api_key))
     );
-    post_raw(&s, "alertmanager", &body, &[("authorization", &bearer)])
+    s.post_exact("alertmanager", &body, &[("authorization", &bearer)])
         .await
         .expect(202);
     // The same group again, each way: duplicates of the incidents the first opened, answered
@@ -64,11 +53,11 @@ async fn alertmanager_authenticates_as_its_http_config_can() {
         ("authorization", basic.as_str()),
         ("x-api-key", s.api_key.as_str()),
     ] {
-        let r = post_raw(&s, "alertmanager", &body, &[auth]).await;
+        let r = s.post_exact("alertmanager", &body, &[auth]).await;
         r.expect(202);
         assert_eq!(r.outcomes(), ["duplicate", "duplicate"], "{}", r.text);
     }
-    let r = post_raw(&s, "alertmanager", &body, &[]).await;
+    let r = s.post_exact("alertmanager", &body, &[]).await;
     r.expect(401);
     assert_eq!(r.code(), "missing_api_key");
     assert!(
@@ -82,13 +71,13 @@ async fn alertmanager_authenticates_as_its_http_config_can() {
         "{}",
         r.text
     );
-    let r = post_raw(
-        &s,
-        "alertmanager",
-        &body,
-        &[("authorization", "Bearer cf_not_a_key")],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "alertmanager",
+            &body,
+            &[("authorization", "Bearer cf_not_a_key")],
+        )
+        .await;
     r.expect(401);
     assert_eq!(r.code(), "invalid_api_key");
     s.shutdown().await;
@@ -143,13 +132,9 @@ async fn unsigned_alertmanager_requests_never_touch_signed_incidents() {
 async fn pagerduty_routing_key_is_the_api_key_and_answers_are_pagerdutys() {
     let s = Server::start().await;
     // routing_key alone authenticates.
-    let r = post_raw(
-        &s,
-        "pagerduty",
-        &pd_event(&s.api_key, "trigger", "db-1"),
-        &[],
-    )
-    .await;
+    let r = s
+        .post_exact("pagerduty", &pd_event(&s.api_key, "trigger", "db-1"), &[])
+        .await;
     r.expect(202);
     assert_eq!(
         (
@@ -169,13 +154,13 @@ async fn pagerduty_routing_key_is_the_api_key_and_answers_are_pagerdutys() {
     );
     let id = r.json["incidentId"].as_str().unwrap().to_owned();
     // X-API-Key wins over a routing_key that is not a key of ours (a real PagerDuty key).
-    let r = post_raw(
-        &s,
-        "pagerduty",
-        &pd_event("R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY12", "acknowledge", "db-1"),
-        &[("x-api-key", &s.api_key)],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "pagerduty",
+            &pd_event("R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY12", "acknowledge", "db-1"),
+            &[("x-api-key", &s.api_key)],
+        )
+        .await;
     r.expect(202);
     assert_eq!(
         (r.json["outcome"].as_str(), r.json["incidentId"].as_str()),
@@ -202,20 +187,22 @@ async fn pagerduty_routing_key_is_the_api_key_and_answers_are_pagerdutys() {
     assert_eq!(r.json["incidents"][0]["incidentId"], id.as_str());
 
     // Wrong, missing, and unreadable keys.
-    let r = post_raw(&s, "pagerduty", &pd_event("cf_wrong", "trigger", "x"), &[]).await;
+    let r = s
+        .post_exact("pagerduty", &pd_event("cf_wrong", "trigger", "x"), &[])
+        .await;
     r.expect(401);
     assert_eq!(r.code(), "invalid_api_key");
-    let r = post_raw(&s, "pagerduty", br#"{"event_action":"trigger"}"#, &[]).await;
+    let r = s
+        .post_exact("pagerduty", br#"{"event_action":"trigger"}"#, &[])
+        .await;
     r.expect(401);
     assert_eq!(r.code(), "missing_api_key");
     assert!(r.json["detail"].as_str().unwrap().contains("routing_key"));
-    let r = post_raw(&s, "pagerduty", b"not json", &[]).await;
+    let r = s.post_exact("pagerduty", b"not json", &[]).await;
     r.expect(401);
     assert_eq!(r.code(), "missing_api_key");
     // An authenticated but invalid event: 400 naming the field, as problem+json.
-    let r = post_raw(
-        &s,
-        "pagerduty",
+    let r = s.post_exact("pagerduty",
         json!({"routing_key": s.api_key, "event_action": "trigger", "payload": {"summary": "x", "source": "y", "severity": "sev1"}})
             .to_string()
             .as_bytes(),
@@ -232,13 +219,13 @@ async fn pagerduty_routing_key_is_the_api_key_and_answers_are_pagerdutys() {
         r.text
     );
     // An acknowledge with nothing open changes nothing and says so.
-    let r = post_raw(
-        &s,
-        "pagerduty",
-        &pd_event(&s.api_key, "acknowledge", "never"),
-        &[],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "pagerduty",
+            &pd_event(&s.api_key, "acknowledge", "never"),
+            &[],
+        )
+        .await;
     r.expect(202);
     assert_eq!(r.json["outcome"], "acknowledged");
     assert!(r.json.get("incidentId").is_none(), "{}", r.text);
@@ -253,7 +240,9 @@ async fn unsigned_pagerduty_events_never_touch_signed_incidents() {
     r.expect(202);
     let id = r.json["incidentId"].as_str().unwrap().to_owned();
     for action in ["acknowledge", "resolve"] {
-        let r = post_raw(&s, "pagerduty", &pd_event(&s.api_key, action, "pay-1"), &[]).await;
+        let r = s
+            .post_exact("pagerduty", &pd_event(&s.api_key, action, "pay-1"), &[])
+            .await;
         r.expect(202);
         assert!(
             r.json.get("incidentId").is_none(),
@@ -280,66 +269,57 @@ async fn unsigned_pagerduty_events_never_touch_signed_incidents() {
     s.shutdown().await;
 }
 
+/// A queued PagerDuty alert of `s`'s tenant, as triage receives it.
+fn queued(s: &Server, incident_id: &str, status: AlertStatus) -> QueuedAlert {
+    QueuedAlert {
+        tenant_id: s.tenant.clone(),
+        provider: Provider::Pagerduty,
+        incident_id: incident_id.into(),
+        alert: Alert {
+            source_alert_id: incident_id.trim_start_matches("inc_").into(),
+            status,
+            title: "Checkout down".into(),
+            title_truncated: false,
+            message: None,
+            severity: Severity::Critical,
+            service: None,
+            environment: None,
+            tags: Default::default(),
+            links: vec![],
+            test: false,
+            unsigned: false,
+        },
+        received_at: "2026-11-28T09:41:00.000Z".into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_triaged_before_its_firing_waits_for_it() {
     let s = Server::start().await;
-    let alert = |status| Alert {
-        source_alert_id: "early".into(),
-        status,
-        title: "Checkout down".into(),
-        title_truncated: false,
-        message: None,
-        severity: Severity::Critical,
-        service: None,
-        environment: None,
-        tags: Default::default(),
-        links: vec![],
-        test: false,
-        unsigned: false,
+    let triage = |status| {
+        let msg = queued(&s, "inc_early", status);
+        let t = s.app.triage.clone();
+        async move { t.process(&msg).await }
     };
-    let msg = |status| QueuedAlert {
-        tenant_id: s.tenant.clone(),
-        provider: Provider::Pagerduty,
-        incident_id: "inc_early".into(),
-        alert: alert(status),
-        received_at: "2026-11-28T09:41:00.000Z".into(),
+    let stored = || async {
+        s.app
+            .incidents
+            .get(&s.tenant, "inc_early")
+            .await
+            .unwrap()
+            .unwrap()
     };
     // SQS does not keep order: the acknowledgement fails (and is redelivered) until the firing
     // has been triaged.
-    let early = s.app.triage.process(&msg(AlertStatus::Acknowledged)).await;
+    let early = triage(AlertStatus::Acknowledged).await;
     assert!(matches!(early, Err(TriageError::NotYetOpen)), "{early:?}");
-    s.app
-        .triage
-        .process(&msg(AlertStatus::Firing))
-        .await
-        .unwrap();
-    s.app
-        .triage
-        .process(&msg(AlertStatus::Acknowledged))
-        .await
-        .unwrap();
-    let inc = s
-        .app
-        .incidents
-        .get(&s.tenant, "inc_early")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(inc.status, IncidentStatus::Acknowledged);
+    triage(AlertStatus::Firing).await.unwrap();
+    triage(AlertStatus::Acknowledged).await.unwrap();
+    assert_eq!(stored().await.status, IncidentStatus::Acknowledged);
     // A redelivered firing after the acknowledgement finishes its dispatch, once per agent (task
     // ids are stable), and leaves the incident acknowledged.
-    s.app
-        .triage
-        .process(&msg(AlertStatus::Firing))
-        .await
-        .unwrap();
-    let inc = s
-        .app
-        .incidents
-        .get(&s.tenant, "inc_early")
-        .await
-        .unwrap()
-        .unwrap();
+    triage(AlertStatus::Firing).await.unwrap();
+    let inc = stored().await;
     assert_eq!(inc.status, IncidentStatus::Acknowledged);
     let rows = s
         .app
@@ -359,26 +339,7 @@ async fn an_acknowledgement_triaged_before_its_firing_waits_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledgement_whose_incident_never_opens_is_dropped_at_its_last_receive() {
     let s = Server::start().await;
-    let msg = QueuedAlert {
-        tenant_id: s.tenant.clone(),
-        provider: Provider::Pagerduty,
-        incident_id: "inc_never".into(),
-        alert: Alert {
-            source_alert_id: "never".into(),
-            status: AlertStatus::Acknowledged,
-            title: "PagerDuty event".into(),
-            title_truncated: false,
-            message: None,
-            severity: Severity::Info,
-            service: None,
-            environment: None,
-            tags: Default::default(),
-            links: vec![],
-            test: false,
-            unsigned: true,
-        },
-        received_at: "2026-11-28T09:41:00.000Z".into(),
-    };
+    let msg = queued(&s, "inc_never", AlertStatus::Acknowledged);
     let record = |receive_count| causeflow_shared::triage::QueueRecord {
         id: "m1".into(),
         body: serde_json::to_string(&msg).unwrap(),
@@ -406,17 +367,17 @@ async fn cloudwatch_with_a_bearer_key_takes_the_signed_path_not_snss() {
     let s = Server::start().await;
     let body = fixture("cloudwatch/metric-alarm-alarm.json");
     let sig = causeflow_shared::auth::sign(&s.secret, &[&body]);
-    let r = post_raw(
-        &s,
-        "cloudwatch",
-        &body,
-        &[
-            ("authorization", &format!("Bearer {}", s.api_key)),
-            ("x-webhook-signature", &sig),
-            ("x-amz-sns-message-type", "Notification"),
-        ],
-    )
-    .await;
+    let r = s
+        .post_exact(
+            "cloudwatch",
+            &body,
+            &[
+                ("authorization", &format!("Bearer {}", s.api_key)),
+                ("x-webhook-signature", &sig),
+                ("x-amz-sns-message-type", "Notification"),
+            ],
+        )
+        .await;
     r.expect(202);
     assert_eq!(r.outcomes(), ["created"], "{}", r.text);
     s.shutdown().await;

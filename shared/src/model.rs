@@ -412,6 +412,19 @@ pub struct Incident {
     pub agents: Vec<String>,
 }
 
+impl Incident {
+    /// Marks an open incident acknowledged at `at`; `false` (and no change) when it is already
+    /// acknowledged or resolved.
+    pub fn acknowledge(&mut self, at: &str) -> bool {
+        if self.status != IncidentStatus::Open {
+            return false;
+        }
+        self.status = IncidentStatus::Acknowledged;
+        self.acknowledged_at = Some(at.to_owned());
+        true
+    }
+}
+
 /// `dispatch` starts an investigation; `cancel` stops one when the incident resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

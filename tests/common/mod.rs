@@ -134,6 +134,18 @@ impl Server {
         Resp::from(req.body(body.to_vec()).send().await.unwrap()).await
     }
 
+    /// POSTs `body` as JSON with exactly `headers`: no key or signature added.
+    pub async fn post_exact(&self, provider: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
+        let mut req = self
+            .client
+            .post(self.webhook_url(provider))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Resp::from(req.body(body.to_vec()).send().await.unwrap()).await
+    }
+
     /// A signed generic alert.
     pub async fn generic(&self, id: &str, status: &str) -> Resp {
         let body = serde_json::json!({"sourceAlertId": id, "title": format!("alert {id}"), "status": status, "severity": "high"});

@@ -125,11 +125,9 @@ impl IncidentStore for DynamoIncidents {
             let Some(mut existing) = self.get(tenant_id, incident_id).await? else {
                 return Ok(None);
             };
-            if existing.status != IncidentStatus::Open {
+            if !existing.acknowledge(at) {
                 return Ok(Some(existing));
             }
-            existing.status = IncidentStatus::Acknowledged;
-            existing.acknowledged_at = Some(at.to_owned());
             if self.put(&existing, Some(IncidentStatus::Open)).await? {
                 return Ok(Some(existing));
             }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{
-    alert, arr_field, id_field, push_link, str_field, string_map, text_field, type_name,
-    Normalized, PayloadError,
+    alert, arr_field, fingerprint_and_status, push_link, str_field, string_map, text_field,
+    type_name, Normalized, PayloadError,
 };
-use crate::model::{Alert, AlertStatus, Severity};
+use crate::model::{Alert, Severity};
 
 /// Without a `severity` label, or with one outside the vocabulary, an alert is high, as a
 /// Grafana alert is (docs/contract.md#severity).
@@ -89,22 +89,7 @@ fn one(
     p: &str,
     common: &BTreeMap<String, String>,
 ) -> Result<Alert, PayloadError> {
-    let fingerprint = id_field(a, "fingerprint", p)?.ok_or_else(|| {
-        PayloadError::new(
-            format!("{p}.fingerprint"),
-            "a non-empty string (Alertmanager sends one per alert)",
-        )
-    })?;
-    let status = match str_field(a, "status", p)?.map(str::trim) {
-        Some(s) if s.eq_ignore_ascii_case("firing") => AlertStatus::Firing,
-        Some(s) if s.eq_ignore_ascii_case("resolved") => AlertStatus::Resolved,
-        _ => {
-            return Err(PayloadError::new(
-                format!("{p}.status"),
-                "\"firing\" or \"resolved\"",
-            ))
-        }
-    };
+    let (fingerprint, status) = fingerprint_and_status(a, p, "Alertmanager")?;
     let labels = string_map(a, "labels", p)?;
     let annotations = string_map(a, "annotations", p)?;
     let summary = annotations.get("summary").filter(|s| !s.trim().is_empty());
@@ -143,6 +128,7 @@ fn one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::AlertStatus;
     use serde_json::json;
 
     fn alerts(v: Value) -> Result<Vec<Alert>, PayloadError> {

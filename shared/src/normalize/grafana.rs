@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    add_pair_tags, alert, arr_field, id_field, obj_field, push_link, str_field, string_map,
-    text_field, type_name, Normalized, PayloadError,
+    add_pair_tags, alert, arr_field, fingerprint_and_status, id_field, obj_field, push_link,
+    str_field, string_map, text_field, type_name, Normalized, PayloadError,
 };
 use crate::model::{Alert, AlertStatus, Severity};
 
@@ -51,22 +51,7 @@ fn unified(
     a: &Map<String, Value>,
     p: &str,
 ) -> Result<Alert, PayloadError> {
-    let fingerprint = id_field(a, "fingerprint", p)?.ok_or_else(|| {
-        PayloadError::new(
-            format!("{p}.fingerprint"),
-            "a non-empty string (Grafana sends one per alert)",
-        )
-    })?;
-    let status = match str_field(a, "status", p)?.map(str::trim) {
-        Some(s) if s.eq_ignore_ascii_case("firing") => AlertStatus::Firing,
-        Some(s) if s.eq_ignore_ascii_case("resolved") => AlertStatus::Resolved,
-        _ => {
-            return Err(PayloadError::new(
-                format!("{p}.status"),
-                "\"firing\" or \"resolved\"",
-            ))
-        }
-    };
+    let (fingerprint, status) = fingerprint_and_status(a, p, "Grafana")?;
     let labels = string_map(a, "labels", p)?;
     let annotations = string_map(a, "annotations", p)?;
     let severity = labels

@@ -303,6 +303,32 @@ fn add_pair_tags(
     Ok(())
 }
 
+/// The `fingerprint` and `status` of one alert of a Prometheus-style notification (Grafana
+/// unified alerting, Alertmanager): both required, the status `firing` or `resolved`.
+fn fingerprint_and_status(
+    a: &Map<String, Value>,
+    p: &str,
+    sender: &str,
+) -> Result<(String, AlertStatus), PayloadError> {
+    let fingerprint = id_field(a, "fingerprint", p)?.ok_or_else(|| {
+        PayloadError::new(
+            format!("{p}.fingerprint"),
+            format!("a non-empty string ({sender} sends one per alert)"),
+        )
+    })?;
+    let status = match str_field(a, "status", p)?.map(str::trim) {
+        Some(s) if s.eq_ignore_ascii_case("firing") => AlertStatus::Firing,
+        Some(s) if s.eq_ignore_ascii_case("resolved") => AlertStatus::Resolved,
+        _ => {
+            return Err(PayloadError::new(
+                format!("{p}.status"),
+                "\"firing\" or \"resolved\"",
+            ))
+        }
+    };
+    Ok((fingerprint, status))
+}
+
 /// A fresh alert with the fields every normaliser sets.
 fn alert(source_alert_id: String, status: AlertStatus, title: &str, severity: Severity) -> Alert {
     let mut a = Alert {

@@ -92,9 +92,7 @@ impl IncidentStore for SqliteIncidents {
                 let Some(mut existing) = get(c, &t, &i)? else {
                     return Ok(None);
                 };
-                if existing.status == IncidentStatus::Open {
-                    existing.status = IncidentStatus::Acknowledged;
-                    existing.acknowledged_at = Some(at);
+                if existing.acknowledge(&at) {
                     put(c, &existing)?;
                 }
                 Ok(Some(existing))
