@@ -695,25 +695,46 @@ fn both_functions_resolve_one_dependency_set_so_sam_builds_share_work() {
 async fn the_development_key_goes_only_into_an_emulator_on_this_machine() {
     let stack = Stack::create().await;
     let config = stack.ingest_config();
-    let create_dev = |endpoint: &str| {
+    let create_dev = |vars: &[(&str, &str)]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_causeflow"))
             .args(["keys", "create-dev", "--aws"])
             .args(["--keys-table", &config.keys_table])
             .args(["--tenants-table", &config.tenants_table])
-            .env("AWS_ENDPOINT_URL", endpoint)
+            .envs(vars.iter().copied())
             .output()
             .unwrap()
     };
-    // A real AWS endpoint is refused before any call is made.
-    let out = create_dev("https://dynamodb.eu-west-1.amazonaws.com");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("emulator on this machine"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A real AWS endpoint is refused before any call is made, also when it hides in the
+    // per-service variable that overrides the global one, or behind the switch that ignores
+    // configured endpoints.
+    let emulator = endpoint();
+    for vars in [
+        vec![(
+            "AWS_ENDPOINT_URL",
+            "https://dynamodb.eu-west-1.amazonaws.com",
+        )],
+        vec![
+            ("AWS_ENDPOINT_URL", emulator.as_str()),
+            (
+                "AWS_ENDPOINT_URL_DYNAMODB",
+                "https://dynamodb.eu-west-1.amazonaws.com",
+            ),
+        ],
+        vec![
+            ("AWS_ENDPOINT_URL", emulator.as_str()),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+        ],
+    ] {
+        let out = create_dev(&vars);
+        assert!(!out.status.success(), "{vars:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("emulator on this machine"),
+            "{vars:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The emulator on loopback takes it, and the events/ fixtures authenticate with it.
-    let out = create_dev(&endpoint());
+    let out = create_dev(&[("AWS_ENDPOINT_URL", emulator.as_str())]);
     assert!(
         out.status.success(),
         "{}",

@@ -48,36 +48,60 @@ fn leftovers(ports: &[u16]) -> Vec<String> {
     found
 }
 
-/// Stops the script (SIGTERM, which its trap turns into stopping everything) if the test ends
-/// early, passed or not.
-struct Stop(u32);
+/// The running script: stopped with SIGTERM (which its trap turns into stopping everything) if
+/// the test ends early, passed or not, and only while it has not exited.
+struct Script(std::process::Child);
 
-impl Drop for Stop {
+impl Drop for Script {
     fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0 as i32, libc::SIGTERM);
+        if let Ok(None) = self.0.try_wait() {
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGTERM);
+            }
+            let _ = self.0.wait();
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_stack_runs_the_lambda_functions_and_stops_on_ctrl_c() {
-    let (moto, ingest, triage) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(format!("{ROOT}/scripts/local-stack"))
+    // Three distinct free ports (the script refuses equal ones).
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < 3 {
+        ports.insert(free_port());
+    }
+    let ports: Vec<u16> = ports.into_iter().collect();
+    let (moto, ingest, triage) = (ports[0], ports[1], ports[2]);
+    let state = std::env::temp_dir().join(format!(
+        "causeflow-local-stack-{}-{moto}",
+        std::process::id()
+    ));
+    let state_dir = state.to_str().unwrap().to_owned();
+    let mut command = Command::new(format!("{ROOT}/scripts/local-stack"));
+    command
         .current_dir(ROOT)
         .env("MOTO_PORT", moto.to_string())
         .env("INGEST_PORT", ingest.to_string())
         .env("TRIAGE_PORT", triage.to_string())
+        .env("LOCAL_STACK_STATE", &state_dir)
+        // This test's own binary, so the script builds nothing.
+        .env("CAUSEFLOW_BIN", env!("CARGO_BIN_EXE_causeflow"))
         // The suite's own emulator is not this stack's.
         .env_remove("AWS_ENDPOINT_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        // Its own process group, as a script started from a terminal has: Ctrl-C reaches it.
-        .process_group(0)
-        .spawn()
-        .expect("run scripts/local-stack");
-    let _stop = Stop(child.id());
-    let stdout = child.stdout.take().unwrap();
+        // Its own process group, as a script started from a terminal has.
+        .process_group(0);
+    // Ctrl-C must reach it even when this suite was started where SIGINT is ignored (a
+    // background job of a script): a shell cannot trap a signal ignored on entry.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut script = Script(command.spawn().expect("run scripts/local-stack"));
+    let stdout = script.0.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -167,10 +191,11 @@ async fn local_stack_runs_the_lambda_functions_and_stops_on_ctrl_c() {
         .find(|b| b.starts_with(".venv/bin/cargo-lambda lambda invoke"))
         .and_then(|b| b.split("```").next())
         .expect("events/README.md shows the local-stack commands");
-    let script = block
+    let commands_block = block
         .replace("-P 9000", &format!("-P {ingest}"))
-        .replace("-P 9001", &format!("-P {triage}"));
-    let out = run(format!("set -e\n{script}"));
+        .replace("-P 9001", &format!("-P {triage}"))
+        .replace("target/local-stack", &state_dir);
+    let out = run(format!("set -e\n{commands_block}"));
     // Triage answers the poison record of sqs-triage.json, and only it, as a batch item failure.
     assert!(
         out.contains(
@@ -198,8 +223,18 @@ async fn local_stack_runs_the_lambda_functions_and_stops_on_ctrl_c() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let pump = std::fs::read_to_string(format!("{ROOT}/target/local-stack/pump.log")).unwrap();
-    assert!(pump.contains("triaged"), "{pump}");
+    // The pump says what it did once its deletes are done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(state.join("pump.log"))
+        .unwrap_or_default()
+        .contains("triaged")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the pump logged no triaged batch"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Each agent task was published once: its marker is in the dispatch table.
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(format!("http://127.0.0.1:{moto}"))
@@ -236,10 +271,10 @@ async fn local_stack_runs_the_lambda_functions_and_stops_on_ctrl_c() {
 
     // Ctrl-C stops everything it started.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(script.0.id() as i32, libc::SIGINT);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
+    while script.0.try_wait().unwrap().is_none() {
         assert!(
             Instant::now() < deadline,
             "scripts/local-stack ignored Ctrl-C"

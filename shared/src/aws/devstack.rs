@@ -51,8 +51,35 @@ pub fn is_loopback_endpoint(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `AWS_ENDPOINT_URL` when it points at loopback; otherwise an error saying why `what` refuses.
+/// The per-service endpoint variables of the clients these tools build: each overrides
+/// `AWS_ENDPOINT_URL` for its service.
+const SERVICE_ENDPOINTS: [&str; 3] = [
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_SNS",
+];
+
+/// `AWS_ENDPOINT_URL` when every endpoint the SDK would use points at loopback; otherwise an
+/// error saying why `what` refuses. The SDK lets a per-service variable override the global one,
+/// and `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` drop them all (back to real AWS), so both are
+/// checked too.
 pub fn require_loopback(what: &str) -> Result<String, DevStackError> {
+    if std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return Err(DevStackError::NotLoopback(format!(
+            "{what} is for an AWS emulator on this machine, but              AWS_IGNORE_CONFIGURED_ENDPOINT_URLS would send it to AWS"
+        )));
+    }
+    for name in SERVICE_ENDPOINTS {
+        if let Ok(url) = std::env::var(name) {
+            if !is_loopback_endpoint(&url) {
+                return Err(DevStackError::NotLoopback(format!(
+                    "{what} is for an AWS emulator on this machine, but {name} is {url:?}"
+                )));
+            }
+        }
+    }
     match std::env::var("AWS_ENDPOINT_URL") {
         Ok(url) if is_loopback_endpoint(&url) => Ok(url),
         Ok(url) => Err(DevStackError::NotLoopback(format!(
@@ -374,17 +401,21 @@ where
                 .ok()
         })
         .collect();
+    let mut deleted = done.len();
     if !done.is_empty() {
-        sqs.delete_message_batch()
+        let out = sqs
+            .delete_message_batch()
             .queue_url(queue_url)
             .set_entries(Some(done))
             .send()
             .await
             .map_err(aws("delete triaged messages"))?;
+        // Not deleted: back after the visibility timeout, and triage is idempotent.
+        deleted -= out.failed.len();
     }
     Ok(PumpRound {
         received: msgs.len(),
-        failed: failed.len(),
+        failed: msgs.len() - deleted,
     })
 }
 
