@@ -185,6 +185,25 @@ async fn pagerduty_routing_key_is_the_api_key_and_answers_are_pagerdutys() {
     .await;
     r.expect(200);
     assert_eq!(r.json["incidents"][0]["incidentId"], id.as_str());
+    // And `status=open` lists only the incidents nobody acknowledged (docs/contract.md).
+    let r = Resp::from(
+        s.client
+            .get(format!(
+                "{}/v1/tenants/{}/incidents?status=open",
+                s.base, s.tenant
+            ))
+            .header("x-api-key", &s.api_key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect(200);
+    assert!(
+        r.json["incidents"].as_array().unwrap().is_empty(),
+        "{}",
+        r.text
+    );
 
     // Wrong, missing, and unreadable keys.
     let r = s
@@ -538,19 +557,16 @@ async fn a_real_alertmanager_delivers_firing_then_resolved() {
             "generatorURL": "http://prometheus:9090/graph?g0.expr=disk"
         }])
     };
-    let r = s
-        .client
-        .post(&api)
-        .json(&alert(chrono::Utc::now() + chrono::Duration::hours(1)))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "{}: {}",
-        r.status(),
-        r.text().await.unwrap()
-    );
+    // Alertmanager's own API, as Prometheus posts to it.
+    let post = |alerts: serde_json::Value| {
+        let (client, api) = (s.client.clone(), api.clone());
+        async move {
+            let r = client.post(&api).json(&alerts).send().await.unwrap();
+            let status = r.status();
+            assert!(status.is_success(), "{status}: {}", r.text().await.unwrap());
+        }
+    };
+    post(alert(chrono::Utc::now() + chrono::Duration::hours(1))).await;
     let opened =
         wait_alertmanager_incident(&s, "the firing alert", |i| i.status == IncidentStatus::Open)
             .await;
@@ -570,19 +586,7 @@ async fn a_real_alertmanager_delivers_firing_then_resolved() {
     );
 
     // The alert ends: Alertmanager sends it resolved at the group's next interval.
-    let r = s
-        .client
-        .post(&api)
-        .json(&alert(chrono::Utc::now() - chrono::Duration::seconds(1)))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "{}: {}",
-        r.status(),
-        r.text().await.unwrap()
-    );
+    post(alert(chrono::Utc::now() - chrono::Duration::seconds(1))).await;
     let resolved = wait_alertmanager_incident(&s, "the resolved alert", |i| {
         i.incident_id == opened.incident_id && i.status == IncidentStatus::Resolved
     })

@@ -157,6 +157,8 @@ mod imp {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(invoke_timeout))
             .build()?;
+        // Looked up once: every event names it.
+        let arn = devstack::queue_arn(&sqs, queue_url).await?;
         let stop = tokio::signal::ctrl_c();
         tokio::pin!(stop);
         eprintln!("pump: {queue_url} -> {function_url}, batches of {batch}");
@@ -184,7 +186,7 @@ mod imp {
             };
             tokio::select! {
                 _ = &mut stop => return Ok(()),
-                round = devstack::pump_once(&sqs, queue_url, batch, 2, invoke) => {
+                round = devstack::pump_once(&sqs, queue_url, &arn, batch, 2, invoke) => {
                     match round {
                         Ok(r) if r.received > 0 => eprintln!(
                             "pump: {} message(s) triaged, {} left for redelivery",

@@ -194,19 +194,24 @@ impl Stack {
         out
     }
 
+    /// Up to 10 messages from a queue (none when it is empty).
+    async fn receive(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+        self.sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+    }
+
     /// Drains a queue, returning the bodies.
     pub async fn drain(&self, url: &str) -> Vec<String> {
         let mut bodies = Vec::new();
         loop {
-            let out = self
-                .sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .unwrap();
-            let msgs = out.messages.unwrap_or_default();
+            let msgs = self.receive(url).await;
             if msgs.is_empty() {
                 return bodies;
             }
@@ -228,15 +233,7 @@ impl Stack {
         let url = &self.refs["AlertQueue"];
         let mut failed = Vec::new();
         loop {
-            let out = self
-                .sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .unwrap();
-            let msgs = out.messages.unwrap_or_default();
+            let msgs = self.receive(url).await;
             if msgs.is_empty() {
                 return failed;
             }

@@ -217,7 +217,8 @@ pub fn function_env(
     Ok(out)
 }
 
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, DevStackError> {
+/// The ARN of the queue at `url` (what an SQS event names as its source).
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, DevStackError> {
     sqs.get_queue_attributes()
         .queue_url(url)
         .attribute_names(QueueAttributeName::QueueArn)
@@ -332,6 +333,7 @@ pub struct PumpRound {
 pub async fn pump_once<F, Fut>(
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
+    queue_arn: &str,
     batch: i32,
     wait_secs: i32,
     invoke: F,
@@ -353,8 +355,7 @@ where
     if msgs.is_empty() {
         return Ok(PumpRound::default());
     }
-    let arn = queue_arn(sqs, queue_url).await?;
-    let region = arn.split(':').nth(3).unwrap_or_default().to_owned();
+    let region = queue_arn.split(':').nth(3).unwrap_or_default();
     let records: Vec<Value> = msgs
         .iter()
         .map(|m| {
@@ -372,7 +373,7 @@ where
                 "attributes": attributes,
                 "messageAttributes": {},
                 "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
+                "eventSourceARN": queue_arn,
                 "awsRegion": region,
             })
         })

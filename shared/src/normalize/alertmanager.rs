@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{
-    alert, arr_field, fingerprint_and_status, push_link, str_field, string_map, text_field,
-    type_name, Normalized, PayloadError,
+    alert, alert_objects, arr_field, fingerprint_and_status, push_link, str_field, string_map,
+    text_field, type_name, Normalized, PayloadError,
 };
 use crate::model::{Alert, Severity};
 
@@ -64,14 +64,7 @@ pub(super) fn normalize(root: &Map<String, Value>) -> Result<Normalized, Payload
     };
     let external = text_field(root, "externalURL", "")?;
     let mut out = Vec::with_capacity(alerts.len());
-    for (i, item) in alerts.iter().enumerate() {
-        let field = format!("alerts[{i}]");
-        let Value::Object(a) = item else {
-            return Err(PayloadError::new(
-                field,
-                format!("expected an alert object, got {}", type_name(item)),
-            ));
-        };
+    for (field, a) in alert_objects(alerts)? {
         let mut alert = one(a, &field, &common)?;
         push_link(&mut alert.links, external);
         if truncated > 0 {

@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    add_pair_tags, alert, arr_field, fingerprint_and_status, id_field, obj_field, push_link,
-    str_field, string_map, text_field, type_name, Normalized, PayloadError,
+    add_pair_tags, alert, alert_objects, arr_field, fingerprint_and_status, id_field, obj_field,
+    push_link, str_field, string_map, text_field, Normalized, PayloadError,
 };
 use crate::model::{Alert, AlertStatus, Severity};
 
@@ -24,14 +24,7 @@ pub(super) fn normalize(root: &Map<String, Value>) -> Result<Normalized, Payload
     }
     if let Some(alerts) = arr_field(root, "alerts", "")? {
         let mut out = Vec::with_capacity(alerts.len());
-        for (i, item) in alerts.iter().enumerate() {
-            let field = format!("alerts[{i}]");
-            let Value::Object(a) = item else {
-                return Err(PayloadError::new(
-                    field,
-                    format!("expected an alert object, got {}", type_name(item)),
-                ));
-            };
+        for (field, a) in alert_objects(alerts)? {
             out.push(unified(root, a, &field)?);
         }
         return Ok(Normalized::Alerts(out));

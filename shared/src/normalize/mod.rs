@@ -303,6 +303,27 @@ fn add_pair_tags(
     Ok(())
 }
 
+/// One alert object of a notification, with its path for error messages.
+type AlertObject<'a> = (String, &'a Map<String, Value>);
+
+/// The objects of a notification's `alerts` array.
+fn alert_objects(alerts: &[Value]) -> Result<Vec<AlertObject<'_>>, PayloadError> {
+    alerts
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = format!("alerts[{i}]");
+            match item {
+                Value::Object(a) => Ok((field, a)),
+                other => Err(PayloadError::new(
+                    field,
+                    format!("expected an alert object, got {}", type_name(other)),
+                )),
+            }
+        })
+        .collect()
+}
+
 /// The `fingerprint` and `status` of one alert of a Prometheus-style notification (Grafana
 /// unified alerting, Alertmanager): both required, the status `firing` or `resolved`.
 fn fingerprint_and_status(

@@ -213,6 +213,20 @@ mod tests {
     }
 
     #[test]
+    fn long_link_lists_are_cut_at_the_cap() {
+        let links: Vec<Value> = (0..200)
+            .map(|i| json!({"href": format!("https://x/{i}")}))
+            .collect();
+        let a = one(
+            json!({"event_action":"trigger","dedup_key":"k","links":links,
+            "payload":{"summary":"s","source":"h","severity":"info"}}),
+        )
+        .unwrap();
+        assert_eq!(a.links.len(), crate::normalize::MAX_LINKS);
+        assert_eq!(a.links[0], "https://x/0");
+    }
+
+    #[test]
     fn required_fields_are_named() {
         let e = one(json!({"event_action":"trigger","payload":{"source":"h","severity":"info"}}))
             .unwrap_err();
