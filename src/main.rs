@@ -7,6 +7,7 @@ mod cli;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use cli::console::{console_link, sessions, ConsoleLinkArgs, SessionsCmd};
 use cli::dead_letters::{dead_letters, DeadLettersCmd};
 use cli::incidents::{incidents, IncidentsCmd};
 use cli::keys::{keys, KeysCmd};
@@ -51,6 +52,11 @@ enum Command {
     /// Alerts that triage gave up on: list them, and redrive them after a fix.
     #[command(subcommand)]
     DeadLetters(DeadLettersCmd),
+    /// Print a one-time sign-in link to the console for a tenant.
+    ConsoleLink(ConsoleLinkArgs),
+    /// Console sessions: sign a tenant's sessions out.
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
     /// The Lambda stack on this machine, in an AWS emulator (scripts/local-stack runs these).
     #[command(subcommand)]
     LocalStack(LocalStackCmd),
@@ -61,6 +67,8 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::ConsoleLink(args) => console_link(args).await,
+        Command::Sessions(cmd) => sessions(cmd).await,
         Command::Keys(cmd) => keys(cmd).await,
         Command::Tenants(cmd) => tenants(cmd).await,
         Command::Sign { secret, timestamp } => sign_stdin(&secret, timestamp.as_deref()),

@@ -11,7 +11,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use causeflow_shared::auth::{sign, DEV_API_KEY, DEV_WEBHOOK_SECRET};
-use causeflow_shared::aws::{dedup_pk, IngestConfig, TriageConfig};
+use causeflow_shared::aws::{dedup_pk, ConsoleLambdaConfig, IngestConfig, TriageConfig};
 use causeflow_shared::host::lambda::{ingest_state, triage};
 use causeflow_shared::http::router;
 use causeflow_shared::ports::KeyAdmin;
@@ -27,6 +27,7 @@ fn template_environment_matches_the_code() {
     for (function, vars) in [
         ("IngestFunction", IngestConfig::VARIABLES.as_slice()),
         ("TriageFunction", TriageConfig::VARIABLES.as_slice()),
+        ("ConsoleFunction", ConsoleLambdaConfig::VARIABLES.as_slice()),
     ] {
         let props = &t["Resources"][function]["Properties"];
         let env = props["Environment"]["Variables"].as_object().unwrap();
@@ -682,13 +683,94 @@ fn function_dependencies(function: &str) -> BTreeMap<String, String> {
 }
 
 #[test]
-fn both_functions_resolve_one_dependency_set_so_sam_builds_share_work() {
+fn the_functions_resolve_one_dependency_set_so_sam_builds_share_work() {
     // docs/operations.md: each function alone (as `sam build` builds it) must resolve every
-    // shared dependency with the same features as the other.
-    assert_eq!(
-        function_dependencies("ingest"),
-        function_dependencies("triage")
+    // shared dependency with the same features as the others.
+    let ingest = function_dependencies("ingest");
+    assert_eq!(ingest, function_dependencies("triage"));
+    // The console differs only in the shared crate's `console` feature.
+    let mut console = function_dependencies("console");
+    let shared = console.remove("causeflow-shared").unwrap();
+    assert!(
+        shared.contains(r#"features = ["aws", "console"]"#)
+            && shared.contains("default-features = false"),
+        "{shared}"
     );
+    let mut others = ingest.clone();
+    assert!(others.remove("causeflow-shared").is_some());
+    assert_eq!(console, others);
+}
+
+#[test]
+fn the_console_function_is_routed_and_holds_only_its_own_permissions() {
+    let t = template();
+    let events = t["Resources"]["ConsoleFunction"]["Properties"]["Events"]
+        .as_object()
+        .unwrap();
+    let routed: Vec<String> = events
+        .values()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["Properties"]["Method"].as_str().unwrap(),
+                e["Properties"]["Path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for route in [
+        "ANY /console",
+        "ANY /console/{proxy+}",
+        "GET /v1/tenants/{tenantId}/keys",
+        "POST /v1/tenants/{tenantId}/keys",
+        "ANY /v1/tenants/{tenantId}/keys/{proxy+}",
+        "ANY /v1/tenants/{tenantId}/agents",
+        "ANY /v1/tenants/{tenantId}/topics",
+        "GET /v1/tenants/{tenantId}/subscriptions",
+        "POST /v1/tenants/{tenantId}/test-alert",
+    ] {
+        assert!(routed.iter().any(|r| r == route), "{route}: {routed:?}");
+    }
+    let table = &t["Resources"]["ConsoleSessionsTable"]["Properties"];
+    assert_eq!(table["TimeToLiveSpecification"]["AttributeName"], "ttl");
+    assert_eq!(table["GlobalSecondaryIndexes"][0]["IndexName"], "byTenant");
+    // Only the console's role may touch the sessions table; ingest and triage gained nothing.
+    let policy = |role: &str| t["Resources"][role]["Properties"]["Policies"].to_string();
+    assert!(policy("ConsoleFunctionRole").contains("ConsoleSessionsTable"));
+    for role in ["IngestFunctionRole", "TriageFunctionRole"] {
+        assert!(!policy(role).contains("ConsoleSessionsTable"), "{role}");
+    }
+    // The console reads incidents and dispatch markers, never writes them, never receives from
+    // the queue or publishes agent tasks, and names every resource it may touch.
+    let statements = t["Resources"]["ConsoleFunctionRole"]["Properties"]["Policies"][0]
+        ["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap();
+    for s in statements {
+        let resource = s["Resource"].to_string();
+        let actions: Vec<&str> = s["Action"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_ne!(s["Resource"], "*", "{s}");
+        let allowed: &[&str] = if resource.contains("IncidentsTable") {
+            &["dynamodb:GetItem", "dynamodb:Query"]
+        } else if resource.contains("DispatchTable") {
+            &["dynamodb:BatchGetItem"]
+        } else if resource.contains("AlertQueue") {
+            &["sqs:SendMessage"]
+        } else {
+            &[]
+        };
+        for a in &actions {
+            assert!(!a.starts_with("sns:"), "{s}");
+            assert!(
+                allowed.is_empty() || allowed.contains(a),
+                "{a} on {resource}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1135,4 +1217,516 @@ async fn incidents_are_listed_from_the_stack_by_the_cli() {
     assert!(stack.run_triage(&stack.triage()).await.is_empty());
     let listed = stack.cli(&["incidents", "list", "--tenant", "demo", "--json"]);
     assert_eq!(listed[0]["sourceAlertId"], "cli-listed", "{listed}");
+}
+
+/// The console function's settings for this stack, from the template's environment.
+fn console_config(stack: &Stack) -> ConsoleLambdaConfig {
+    let env = stack.env("ConsoleFunction");
+    ConsoleLambdaConfig {
+        keys_table: env["KEYS_TABLE"].clone(),
+        tenants_table: env["TENANTS_TABLE"].clone(),
+        dedup_table: env["DEDUP_TABLE"].clone(),
+        alert_queue_url: env["ALERT_QUEUE_URL"].clone(),
+        incidents_table: env["INCIDENTS_TABLE"].clone(),
+        dispatch_table: env["DISPATCH_TABLE"].clone(),
+        subscriptions_table: env["SUBSCRIPTIONS_TABLE"].clone(),
+        sessions_table: env["SESSIONS_TABLE"].clone(),
+        public_url: Some(env["PUBLIC_URL"].clone()).filter(|u| !u.is_empty()),
+        rate_limit_per_sec: 0.0,
+        dedup: causeflow_shared::dedup::DedupConfig::default(),
+    }
+}
+
+/// A console response: status, headers and body text.
+async fn console_call(
+    app: &axum::Router,
+    req: http::Request<axum::body::Body>,
+) -> (u16, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// An incident as triage would record it, with `title` and no agents.
+fn stored_incident(tenant: &str, id: &str, title: &str) -> causeflow_shared::model::Incident {
+    use causeflow_shared::model::{Incident, IncidentStatus, Provider, Severity};
+    Incident {
+        tenant_id: tenant.into(),
+        incident_id: id.into(),
+        provider: Provider::Generic,
+        source_alert_id: format!("src-{id}"),
+        title: title.into(),
+        title_truncated: false,
+        message: None,
+        severity: Severity::High,
+        status: IncidentStatus::Open,
+        service: None,
+        environment: None,
+        tags: Default::default(),
+        links: vec![],
+        test: false,
+        first_seen: "2026-01-01T00:00:00.000Z".into(),
+        last_seen: "2026-01-01T00:00:00.000Z".into(),
+        resolved_at: None,
+        acknowledged_at: None,
+        agents: vec![],
+        duplicate_count: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_once_and_manages_keys_on_the_stack() {
+    use causeflow_shared::aws::DynamoSessions;
+    use causeflow_shared::console::create_sign_in_link;
+    use causeflow_shared::host::lambda::console_state;
+    use causeflow_shared::ports::ConsoleSessions;
+    const HOST: &str = "console.test";
+    let stack = Stack::create().await;
+    let config = console_config(&stack);
+    let app = causeflow_shared::console::router(console_state(&stack.sdk, &config));
+    let sessions = DynamoSessions::new(stack.ddb.clone(), &config.sessions_table);
+
+    let link = create_sign_in_link(
+        &sessions,
+        "demo",
+        std::time::Duration::from_secs(600),
+        &format!("http://{HOST}"),
+    )
+    .await
+    .unwrap();
+    let token = link
+        .strip_prefix(&format!("http://{HOST}/console/signin?token="))
+        .unwrap_or_else(|| panic!("{link}"))
+        .to_owned();
+    // Requests as a browser on the console's own origin sends them.
+    let request = |method: &str, uri: &str, cookie: Option<&str>| {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", HOST)
+            .header("origin", format!("http://{HOST}"));
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        b
+    };
+    let sign_in = |token: String| {
+        let req = request("POST", "/console/signin", None)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(format!("token={token}")))
+            .unwrap();
+        let app = app.clone();
+        async move { console_call(&app, req).await }
+    };
+
+    let (status, headers, body) = sign_in(token.clone()).await;
+    assert!((300..400).contains(&status), "{status}: {body}");
+    let set_cookie = headers["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("cf_console="), "{set_cookie}");
+    let get = |uri: String| {
+        let req = request("GET", &uri, Some(&cookie))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move { console_call(&app, req).await }
+    };
+
+    let (status, _, body) = get("/v1/tenants/demo/keys".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!([]));
+    let (status, _, html) = get("/console/t/demo/keys".into()).await;
+    assert_eq!(status, 200, "{html}");
+    let csrf = html
+        .split(r#"<meta name="csrf-token" content=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf-token meta tag: {html}"))
+        .to_owned();
+    assert!(!csrf.is_empty());
+    let post = |uri: &str, body: Value, csrf: Option<&str>| {
+        let mut b = request("POST", uri, Some(&cookie)).header("content-type", "application/json");
+        if let Some(c) = csrf {
+            b = b.header("x-csrf-token", c);
+        }
+        let req = b.body(axum::body::Body::from(body.to_string())).unwrap();
+        let app = app.clone();
+        async move { console_call(&app, req).await }
+    };
+
+    // A write needs the session's CSRF token.
+    let (status, _, body) = post("/v1/tenants/demo/keys", json!({"name": "x"}), None).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, headers, body) =
+        post("/v1/tenants/demo/keys", json!({"name": "x"}), Some(&csrf)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    let (api_key, secret) = (
+        created["apiKey"].as_str().unwrap().to_owned(),
+        created["webhookSecret"].as_str().unwrap().to_owned(),
+    );
+    assert!(
+        api_key.starts_with("cf_") && !secret.is_empty(),
+        "{created}"
+    );
+    let (_, _, body) = get("/v1/tenants/demo/keys".into()).await;
+    let keys: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!(keys[0]["name"], "x");
+    assert!(!body.contains(&secret), "a listing never shows secrets");
+
+    // The key made in the console authenticates a webhook on the ingest function.
+    let ingest = router(ingest_state(&stack.sdk, &stack.ingest_config()));
+    let payload =
+        json!({"sourceAlertId": "console-key", "title": "made with a console key"}).to_string();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/webhooks/demo/generic")
+        .header("content-type", "application/json")
+        .header("x-api-key", &api_key)
+        .header("x-webhook-signature", sign(&secret, &[payload.as_bytes()]))
+        .body(lambda_http::Body::from(payload))
+        .unwrap();
+    let (status, body) = call(&ingest, req).await;
+    assert_eq!(status, 202, "{body}");
+
+    // Send test alert: through DynamoLedger and the alert queue, then triage, like a webhook.
+    let (status, _, body) = post("/v1/tenants/demo/test-alert", json!({}), Some(&csrf)).await;
+    assert_eq!(status, 202, "{body}");
+    let sent: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(sent["outcome"], "created", "{sent}");
+    let id = sent["incidentId"].as_str().unwrap().to_owned();
+    assert!(stack.run_triage(&stack.triage()).await.is_empty());
+    let (status, _, body) = get(format!("/console/t/demo/incidents/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Signed in to demo only: another tenant's API answers as if it did not exist.
+    let (status, _, _) = get("/v1/tenants/other/keys".into()).await;
+    assert_eq!(status, 404);
+
+    // The link was used up by the first sign-in.
+    let (status, headers, _) = sign_in(token).await;
+    assert_eq!(status, 401);
+    assert!(headers.get("set-cookie").is_none());
+
+    // `causeflow sessions revoke`: the browser is signed out on its next request.
+    assert_eq!(sessions.revoke_tenant("demo").await.unwrap(), 1);
+    let (status, _, body) = get("/v1/tenants/demo/keys".into()).await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_sessions_redeem_links_once_and_revoke_by_tenant() {
+    use causeflow_shared::aws::DynamoSessions;
+    use causeflow_shared::ports::{ConsoleSession, ConsoleSessions};
+    let stack = Stack::create().await;
+    let table = stack.refs["ConsoleSessionsTable"].clone();
+    let s = DynamoSessions::new(stack.ddb.clone(), &table);
+    let now = causeflow_shared::now_ms();
+    let raw = |id: String| {
+        let ddb = stack.ddb.clone();
+        let table = table.clone();
+        async move {
+            ddb.get_item()
+                .table_name(table)
+                .key("id", AttributeValue::S(id))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item
+        }
+    };
+
+    // Unknown and expired links give nothing.
+    assert_eq!(s.redeem_link("unknown", now).await.unwrap(), None);
+    s.create_link("demo", "expired", now - 1).await.unwrap();
+    assert_eq!(s.redeem_link("expired", now).await.unwrap(), None);
+
+    // Two concurrent redemptions of one link: exactly one gets the tenant, and none after.
+    for i in 0..8 {
+        let h = format!("race-{i}");
+        s.create_link("demo", &h, now + 60_000).await.unwrap();
+        let (a, b) = tokio::join!(s.redeem_link(&h, now), s.redeem_link(&h, now));
+        let won: Vec<String> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+        assert_eq!(won, ["demo"], "{h}");
+        assert_eq!(s.redeem_link(&h, now + 1).await.unwrap(), None);
+    }
+    // Expiry in ms for the code, TTL in seconds (never before expiry) for DynamoDB.
+    let link = raw("link#race-0".into()).await.unwrap();
+    assert_eq!(
+        link["expiresAt"],
+        AttributeValue::N((now + 60_000).to_string())
+    );
+    let ttl: i64 = link["ttl"].as_n().unwrap().parse().unwrap();
+    assert!(
+        ttl * 1000 >= now + 60_000 && ttl * 1000 < now + 62_000,
+        "{ttl}"
+    );
+    assert!(link.contains_key("usedAt"));
+
+    // A session reads back, its idle clock only moves forward, and sign-out ends it.
+    let mut session = ConsoleSession {
+        tenant_id: "demo".into(),
+        csrf_token: "csrf-1".into(),
+        created_at_ms: now,
+        last_seen_ms: now,
+    };
+    s.create_session("s1", &session, now + 3_600_000)
+        .await
+        .unwrap();
+    assert_eq!(s.session("s1").await.unwrap(), Some(session.clone()));
+    s.touch("s1", now + 5_000).await.unwrap();
+    s.touch("s1", now + 1_000).await.unwrap();
+    session.last_seen_ms = now + 5_000;
+    assert_eq!(s.session("s1").await.unwrap(), Some(session.clone()));
+    s.end_session("s1").await.unwrap();
+    assert_eq!(s.session("s1").await.unwrap(), None);
+    // Touching a session that is gone brings nothing back.
+    s.touch("s1", now + 9_000).await.unwrap();
+    assert!(raw("session#s1".into()).await.is_none());
+
+    // Revoking a tenant ends its sessions and links, and only its own.
+    for (h, tenant) in [("s2", "demo"), ("s3", "demo"), ("s4", "other")] {
+        let one = ConsoleSession {
+            tenant_id: tenant.into(),
+            ..session.clone()
+        };
+        s.create_session(h, &one, now + 3_600_000).await.unwrap();
+    }
+    s.create_link("demo", "unused", now + 60_000).await.unwrap();
+    assert_eq!(s.revoke_tenant("demo").await.unwrap(), 2);
+    assert_eq!(s.session("s2").await.unwrap(), None);
+    assert_eq!(s.session("s3").await.unwrap(), None);
+    assert_eq!(
+        s.session("s4").await.unwrap().map(|x| x.tenant_id),
+        Some("other".into())
+    );
+    assert_eq!(s.redeem_link("unused", now).await.unwrap(), None);
+    assert_eq!(s.revoke_tenant("demo").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_incident_lists_examine_at_most_max_examined_newest_first() {
+    use causeflow_shared::model::{IncidentStatus, Provider, Severity};
+    use causeflow_shared::ports::{IncidentQuery, IncidentStore, MAX_EXAMINED};
+    let stack = Stack::create().await;
+    let store = Arc::new(causeflow_shared::aws::DynamoIncidents::new(
+        stack.ddb.clone(),
+        &stack.refs["IncidentsTable"],
+    ));
+    // Ids sort by age, newest highest. The two newest and the two oldest match the text; the
+    // third newest is from Datadog and the fourth critical.
+    let total = MAX_EXAMINED + 5;
+    let id = |i: usize| format!("inc_{i:05}");
+    let incident = move |i: usize| {
+        let needle = i < 2 || i >= total - 2;
+        let mut inc = stored_incident(
+            "demo",
+            &id(i),
+            if needle { "Disk NEEDLE full" } else { "hay" },
+        );
+        if i == total - 3 {
+            inc.provider = Provider::Datadog;
+        }
+        if i == total - 4 {
+            inc.severity = Severity::Critical;
+        }
+        inc
+    };
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (store, next) = (store.clone(), next.clone());
+        writers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= total {
+                    return;
+                }
+                store.open(incident(i)).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let list = |q: IncidentQuery| {
+        let store = store.clone();
+        async move {
+            let page = store.list("demo", &q).await.unwrap();
+            let ids: Vec<String> = page
+                .incidents
+                .iter()
+                .map(|i| i.incident_id.clone())
+                .collect();
+            (ids, page.next_cursor)
+        }
+    };
+    let text = |limit: usize, cursor: Option<String>| IncidentQuery {
+        text: Some("needle".into()),
+        limit,
+        cursor,
+        ..Default::default()
+    };
+
+    // Unfiltered: unchanged, one past the limit says there is more.
+    let (ids, cursor) = list(IncidentQuery {
+        limit: 3,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids, [id(total - 1), id(total - 2), id(total - 3)]);
+    assert_eq!(cursor, Some(id(total - 3)));
+
+    // The two newest match; the search stops after MAX_EXAMINED and says where it got to.
+    let (ids, cursor) = list(text(2, None)).await;
+    assert_eq!(ids, [id(total - 1), id(total - 2)]);
+    assert_eq!(cursor, Some(id(total - MAX_EXAMINED)));
+    // ... and going on from there finds the oldest two, and the end.
+    let (ids, cursor) = list(text(2, cursor)).await;
+    assert_eq!(ids, [id(1), id(0)]);
+    assert_eq!(cursor, None);
+    // A page that fills stops at once, its cursor on its last match.
+    let (ids, cursor) = list(text(1, None)).await;
+    assert_eq!((ids, cursor), (vec![id(total - 1)], Some(id(total - 1))));
+
+    let (ids, cursor) = list(IncidentQuery {
+        provider: Some(Provider::Datadog),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        (ids, cursor.clone()),
+        (vec![id(total - 3)], Some(id(total - MAX_EXAMINED)))
+    );
+    let (ids, cursor) = list(IncidentQuery {
+        provider: Some(Provider::Datadog),
+        limit: 10,
+        cursor,
+        ..Default::default()
+    })
+    .await;
+    assert!(ids.is_empty() && cursor.is_none());
+    let (ids, _) = list(IncidentQuery {
+        severity: Some(Severity::Critical),
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids, [id(total - 4)]);
+
+    // Status comes from the index, the text filter on top of it.
+    let mut resolved = incident(total - 1);
+    resolved.status = IncidentStatus::Resolved;
+    resolved.resolved_at = Some("2026-01-01T01:00:00.000Z".into());
+    store.resolve(resolved).await.unwrap();
+    let (ids, cursor) = list(IncidentQuery {
+        status: Some(IncidentStatus::Resolved),
+        ..text(10, None)
+    })
+    .await;
+    assert_eq!((ids, cursor), (vec![id(total - 1)], None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_log_reads_the_dispatch_markers_of_an_incidents_agents() {
+    use causeflow_shared::aws::{DynamoIncidents, DynamoTaskLog, SnsDispatcher};
+    use causeflow_shared::model::{IncidentStatus, TaskKind};
+    use causeflow_shared::ports::{Dispatcher, IncidentStore, TaskLog};
+    use causeflow_shared::triage::{task, task_id};
+    let stack = Stack::create().await;
+    let config = stack.triage_config();
+    let incidents = DynamoIncidents::new(stack.ddb.clone(), &config.incidents_table);
+    let log = DynamoTaskLog::new(
+        stack.ddb.clone(),
+        &config.incidents_table,
+        &config.dispatch_table,
+    );
+    let dispatcher = SnsDispatcher::new(
+        stack.ddb.clone(),
+        stack.sns.clone(),
+        &config.dispatch_table,
+        &config.agent_topic_arn,
+    );
+    assert!(log.tasks("demo", "inc_unknown").await.unwrap().is_empty());
+
+    let mut inc = stored_incident("demo", "inc_tasks", "x");
+    inc.agents = vec!["logs".into(), "metrics".into()];
+    incidents.open(inc.clone()).await.unwrap();
+    // Logs' task is published; metrics' publish is still in progress.
+    dispatcher
+        .dispatch(&task(&inc, "logs", TaskKind::Dispatch, "now"))
+        .await
+        .unwrap();
+    stack
+        .ddb
+        .put_item()
+        .table_name(&config.dispatch_table)
+        .item(
+            "taskId",
+            AttributeValue::S(task_id("inc_tasks", "metrics", TaskKind::Dispatch)),
+        )
+        .item("state", AttributeValue::S("publishing".into()))
+        .send()
+        .await
+        .unwrap();
+    let summary = |tasks: Vec<causeflow_shared::ports::TaskRecord>| {
+        tasks
+            .into_iter()
+            .map(|t| {
+                assert_eq!((t.attempts, t.at.as_deref()), (None, None));
+                (t.task_id, t.agent, t.kind, t.state)
+            })
+            .collect::<Vec<_>>()
+    };
+    let row = |agent: &str, kind: TaskKind, state: &str| {
+        (
+            task_id("inc_tasks", agent, kind),
+            agent.to_owned(),
+            match kind {
+                TaskKind::Dispatch => "investigate".to_owned(),
+                TaskKind::Cancel => "cancel".to_owned(),
+            },
+            state.to_owned(),
+        )
+    };
+    assert_eq!(
+        summary(log.tasks("demo", "inc_tasks").await.unwrap()),
+        [
+            row("logs", TaskKind::Dispatch, "published"),
+            row("metrics", TaskKind::Dispatch, "pending"),
+        ]
+    );
+
+    // Once resolved, the cancels follow the investigations.
+    let mut resolved = inc.clone();
+    resolved.status = IncidentStatus::Resolved;
+    resolved.resolved_at = Some("2026-01-01T01:00:00.000Z".into());
+    incidents.resolve(resolved).await.unwrap();
+    dispatcher
+        .dispatch(&task(&inc, "metrics", TaskKind::Cancel, "now"))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(log.tasks("demo", "inc_tasks").await.unwrap()),
+        [
+            row("logs", TaskKind::Dispatch, "published"),
+            row("metrics", TaskKind::Dispatch, "pending"),
+            row("logs", TaskKind::Cancel, "pending"),
+            row("metrics", TaskKind::Cancel, "published"),
+        ]
+    );
+    // Another tenant's incident of that id does not exist.
+    assert!(log.tasks("other", "inc_tasks").await.unwrap().is_empty());
 }

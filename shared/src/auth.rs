@@ -25,7 +25,8 @@ pub struct IssuedKey {
     pub webhook_secret: String,
 }
 
-fn random_token(bytes: usize) -> String {
+/// `bytes` random bytes from the operating system, URL-safe base64 without padding.
+pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     // The operating system's CSPRNG; without one there is no safe key to issue.
     getrandom::fill(&mut buf).expect("the operating system's random source is available");

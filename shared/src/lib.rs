@@ -6,6 +6,8 @@
 //! wire the same [`http::router`] and [`triage::Triage`] to AWS adapters ([`host::lambda`]).
 
 pub mod auth;
+#[cfg(feature = "console")]
+pub mod console;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod deadletter;

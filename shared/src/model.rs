@@ -410,6 +410,10 @@ pub struct Incident {
     pub acknowledged_at: Option<String>,
     /// Agents dispatched when the incident opened (empty for low/info and test incidents).
     pub agents: Vec<String>,
+    /// Repeats of the firing answered 409 while the incident was open. Counted by hosts that
+    /// record it (`causeflow serve`); absent where it is not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_count: Option<u64>,
 }
 
 impl Incident {

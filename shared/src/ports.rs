@@ -104,6 +104,11 @@ pub trait IncidentStore: Send + Sync {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct IncidentQuery {
     pub status: Option<IncidentStatus>,
+    /// Console filters; `None` = any.
+    pub severity: Option<crate::model::Severity>,
+    pub provider: Option<Provider>,
+    /// Case-insensitive text in the title, message, service, environment or source alert id.
+    pub text: Option<String>,
     pub limit: usize,
     /// Opaque: the last incident id of the previous page.
     pub cursor: Option<String>,
@@ -118,7 +123,50 @@ pub struct IncidentPage {
     pub next_cursor: Option<String>,
 }
 
+/// Most incidents one filtered list request examines before it returns what it has found, with a
+/// cursor to go on from: a rare match never turns one request into a scan of the whole tenant.
+pub const MAX_EXAMINED: usize = 2_000;
+
+impl IncidentQuery {
+    /// Whether a filter other than status (which stores answer from an index) is set.
+    pub fn filters(&self) -> bool {
+        self.severity.is_some() || self.provider.is_some() || self.text.is_some()
+    }
+
+    /// Whether `i` passes the severity, provider and text filters.
+    pub fn matches(&self, i: &Incident) -> bool {
+        if self.severity.is_some_and(|s| s != i.severity)
+            || self.provider.is_some_and(|p| p != i.provider)
+        {
+            return false;
+        }
+        let Some(text) = &self.text else { return true };
+        let needle = text.to_lowercase();
+        [
+            Some(i.title.as_str()),
+            i.message.as_deref(),
+            i.service.as_deref(),
+            i.environment.as_deref(),
+            Some(i.source_alert_id.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|h| h.to_lowercase().contains(&needle))
+    }
+}
+
 impl IncidentPage {
+    /// A filtered page: the matches among `examined` incidents read newest first. When the
+    /// examination stopped at [`MAX_EXAMINED`] rows (`more` = rows remain), the cursor is the last
+    /// examined id, so the next request goes on from there.
+    pub fn filtered(matches: Vec<Incident>, limit: usize, last_examined: Option<String>, more: bool) -> IncidentPage {
+        let mut page = IncidentPage::from_overfetch(matches, limit);
+        if page.next_cursor.is_none() && more {
+            page.next_cursor = last_examined;
+        }
+        page
+    }
+
     /// A page from up to `limit + 1` incidents, newest first: stores fetch one more than asked,
     /// and its presence is what says there is a next page.
     pub fn from_overfetch(mut incidents: Vec<Incident>, limit: usize) -> IncidentPage {
@@ -187,6 +235,8 @@ pub trait KeyAdmin: ApiKeys + TenantSettings + TopicAllowList {
         tenant: &str,
         overrides: &AgentOverrides,
     ) -> Result<(), StoreError>;
+    /// The SNS topics on the tenant's allow-list, sorted.
+    async fn allowed_topics(&self, tenant: &str) -> Result<Vec<String>, StoreError>;
     /// Adds (`allow`) or removes an SNS topic on the tenant's allow-list.
     async fn allow_topic(
         &self,
@@ -252,4 +302,76 @@ pub trait SubscriptionConfirmer: Send + Sync {
         token: &str,
         subscribe_url: &reqwest::Url,
     ) -> Result<Option<String>, String>;
+}
+
+/// A signed-in console session, as the console reads it back. The session's own id is only known
+/// to the browser; stores keep its SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    pub tenant_id: String,
+    /// Sent back with every state-changing request (form field or `X-CSRF-Token` header).
+    pub csrf_token: String,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Unix milliseconds of the last request that refreshed it (at most once a minute).
+    pub last_seen_ms: i64,
+}
+
+/// One-time console sign-in links and the sessions they are exchanged for. Links and sessions
+/// are stored by the SHA-256 digest of their secret; expiry is enforced by the console, and the
+/// stores also drop expired rows (SQLite on write, DynamoDB by TTL).
+#[async_trait]
+pub trait ConsoleSessions: Send + Sync {
+    /// Records a sign-in link for `tenant`, usable once until `expires_at_ms`.
+    async fn create_link(
+        &self,
+        tenant: &str,
+        token_hash: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Uses up the link: its tenant the first time before expiry, `None` ever after. Atomic: two
+    /// concurrent redemptions of one link never both succeed.
+    async fn redeem_link(&self, token_hash: &str, now_ms: i64)
+        -> Result<Option<String>, StoreError>;
+    /// Stores a new session; the store may forget it after `expires_at_ms`.
+    async fn create_session(
+        &self,
+        session_hash: &str,
+        session: &ConsoleSession,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The session, if it was created and not ended or revoked (expiry is the caller's check).
+    async fn session(&self, session_hash: &str) -> Result<Option<ConsoleSession>, StoreError>;
+    /// Moves the session's idle clock to `now_ms`.
+    async fn touch(&self, session_hash: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Signs one session out.
+    async fn end_session(&self, session_hash: &str) -> Result<(), StoreError>;
+    /// Signs every session of `tenant` out (`causeflow sessions revoke`); returns how many.
+    async fn revoke_tenant(&self, tenant: &str) -> Result<usize, StoreError>;
+}
+
+/// An agent task of an incident and where its delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub agent: String,
+    /// `investigate` or `cancel`.
+    pub kind: String,
+    /// `delivered`, `pending` (delivery will be retried) or `published` (handed to the
+    /// agent-dispatch topic, which delivers to the agents' queues).
+    pub state: String,
+    /// Delivery attempts so far, where the host counts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// The agent tasks recorded for an incident.
+#[async_trait]
+pub trait TaskLog: Send + Sync {
+    async fn tasks(&self, tenant_id: &str, incident_id: &str)
+        -> Result<Vec<TaskRecord>, StoreError>;
 }

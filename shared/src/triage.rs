@@ -147,6 +147,7 @@ impl Triage {
             resolved_at: None,
             acknowledged_at: None,
             agents: Vec::new(),
+            duplicate_count: None,
         };
         let (stored, kind) = match a.status {
             AlertStatus::Firing => {

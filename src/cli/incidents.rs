@@ -39,6 +39,7 @@ pub async fn incidents(cmd: IncidentsCmd) -> Result<()> {
         status: status.as_deref().and_then(IncidentStatus::parse),
         limit: limit.clamp(1, 1000),
         cursor: None,
+        ..Default::default()
     };
     let page = store.list(&tenant, &query).await?;
     if json {

@@ -2,6 +2,7 @@
 //! library; where a command can act on a deployed stack, `--aws` and the stack's table and
 //! queue names ([`Target`]) work the same way everywhere.
 
+pub mod console;
 pub mod dead_letters;
 pub mod incidents;
 pub mod keys;
@@ -57,6 +58,9 @@ pub struct Target {
     /// The stack's alert queue (its output `AlertQueueUrl`).
     #[arg(long, env = "ALERT_QUEUE_URL")]
     pub queue_url: Option<String>,
+    /// The stack's ConsoleSessionsTable (its output `ConsoleSessionsTableName`).
+    #[arg(long, env = "SESSIONS_TABLE")]
+    pub sessions_table: Option<String>,
     /// The stack's dead-letter queue (its output `AlertDeadLetterQueueUrl`).
     #[arg(long, env = "ALERT_DLQ_URL")]
     pub dlq_url: Option<String>,

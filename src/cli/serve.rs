@@ -54,10 +54,15 @@ pub struct ServeArgs {
     /// the open-files limit is lower.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// The address senders and browsers reach this server at (behind a proxy or TLS
+    /// terminator); webhook URLs in the console and sign-in links use it. Default: the request's
+    /// own host.
+    #[arg(long, env = "CAUSEFLOW_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 /// `10s`, `500ms`, `2m` or a number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
@@ -89,6 +94,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     config.agent_webhook = args.agent_webhook.clone();
     config.sns_certs = args.sns_certs.clone();
     config.max_alerts = args.max_alerts;
+    config.public_url = args.public_url.clone();
     config.limits = ServerLimits {
         header_timeout: args.header_timeout,
         request_timeout: args.request_timeout,
@@ -129,6 +135,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         if let Some(key) = app.bootstrap_demo().await? {
             print_welcome(&addr.to_string(), &key.api_key, &key.webhook_secret);
+            let base = args
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let link = causeflow_shared::console::create_sign_in_link(
+                &app.sessions,
+                "demo",
+                Duration::from_secs(3600),
+                &base,
+            )
+            .await?;
+            println!(
+                "Open the console (this link works once, within an hour; make another with \
+                 `causeflow console-link --tenant demo`):\n\n  {link}\n"
+            );
         }
     } else if app.directory.is_empty().await? {
         println!(

@@ -1,8 +1,10 @@
 //! Opening what a command acts on, on either host: the one place that knows `--aws`.
 
 use anyhow::{Context, Result};
-use causeflow_shared::ports::{IncidentStore, KeyAdmin, Subscriptions};
-use causeflow_shared::sqlite::{Db, SqliteDirectory, SqliteIncidents, SqliteSubscriptions};
+use causeflow_shared::ports::{ConsoleSessions, IncidentStore, KeyAdmin, Subscriptions};
+use causeflow_shared::sqlite::{
+    Db, SqliteDirectory, SqliteIncidents, SqliteSessions, SqliteSubscriptions,
+};
 
 use super::{DbArg, Target};
 
@@ -43,13 +45,22 @@ pub async fn open_incidents(target: &Target) -> Result<Box<dyn IncidentStore>> {
     Ok(Box::new(SqliteIncidents::new(open_db(&target.db)?)))
 }
 
+/// Console sign-in links and sessions.
+pub async fn open_sessions(target: &Target) -> Result<Box<dyn ConsoleSessions>> {
+    if target.aws {
+        return aws::sessions(target).await;
+    }
+    Ok(Box::new(SqliteSessions::new(open_db(&target.db)?)))
+}
+
 #[cfg(feature = "aws")]
 pub(super) mod aws {
     use anyhow::Result;
     use causeflow_shared::aws::{
-        sdk_config, DynamoClient, DynamoDirectory, DynamoIncidents, DynamoSubscriptions,
+        sdk_config, DynamoClient, DynamoDirectory, DynamoIncidents, DynamoSessions,
+        DynamoSubscriptions,
     };
-    use causeflow_shared::ports::{IncidentStore, KeyAdmin, Subscriptions};
+    use causeflow_shared::ports::{ConsoleSessions, IncidentStore, KeyAdmin, Subscriptions};
 
     use super::{needed, Target};
 
@@ -76,12 +87,17 @@ pub(super) mod aws {
         let table = needed(&t.incidents_table, "--incidents-table", "INCIDENTS_TABLE")?;
         Ok(Box::new(DynamoIncidents::new(ddb().await, table)))
     }
+
+    pub async fn sessions(t: &Target) -> Result<Box<dyn ConsoleSessions>> {
+        let table = needed(&t.sessions_table, "--sessions-table", "SESSIONS_TABLE")?;
+        Ok(Box::new(DynamoSessions::new(ddb().await, table)))
+    }
 }
 
 #[cfg(not(feature = "aws"))]
 pub(super) mod aws {
     use anyhow::{bail, Result};
-    use causeflow_shared::ports::{IncidentStore, KeyAdmin, Subscriptions};
+    use causeflow_shared::ports::{ConsoleSessions, IncidentStore, KeyAdmin, Subscriptions};
 
     use super::Target;
 
@@ -95,6 +111,9 @@ pub(super) mod aws {
         bail!(NO_AWS)
     }
     pub async fn incidents(_: &Target) -> Result<Box<dyn IncidentStore>> {
+        bail!(NO_AWS)
+    }
+    pub async fn sessions(_: &Target) -> Result<Box<dyn ConsoleSessions>> {
         bail!(NO_AWS)
     }
 }

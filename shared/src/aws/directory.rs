@@ -321,6 +321,28 @@ impl KeyAdmin for DynamoDirectory {
         Ok(())
     }
 
+    async fn allowed_topics(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.tenants_table)
+            .key("tenantId", s(tenant))
+            .projection_expression("allowedTopics")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get tenant", e))?;
+        let mut topics: Vec<String> = out
+            .item
+            .as_ref()
+            .and_then(|i| i.get("allowedTopics"))
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default();
+        topics.sort();
+        Ok(topics)
+    }
+
     async fn allow_topic(
         &self,
         tenant: &str,

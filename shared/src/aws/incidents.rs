@@ -11,7 +11,9 @@ use super::item::{get_s, n, s, unavailable, Item};
 use crate::error::StoreError;
 use crate::model::{DispatchTask, Incident, IncidentStatus, TaskKind};
 use crate::now_ms;
-use crate::ports::{Dispatcher, IncidentPage, IncidentQuery, IncidentStore};
+use crate::ports::{
+    Dispatcher, IncidentPage, IncidentQuery, IncidentStore, TaskLog, TaskRecord, MAX_EXAMINED,
+};
 
 /// [`IncidentStore`] on the incidents table (`byStatus` index for status filters).
 #[derive(Clone)]
@@ -178,22 +180,56 @@ impl IncidentStore for DynamoIncidents {
             cond.push_str(" AND incidentId < :c");
             req = req.expression_attribute_values(":c", s(c));
         }
-        let items = req
-            .key_condition_expression(cond)
-            .into_paginator()
-            .items()
-            .send();
-        let mut items = std::pin::pin!(items);
-        let mut incidents = Vec::new();
-        // Pull one more than asked to learn whether there is a next page.
-        while incidents.len() <= limit {
-            match items.next().await {
-                Some(Ok(item)) => incidents.push(decode(&item)?),
-                Some(Err(e)) => return Err(unavailable("list incidents", e)),
-                None => break,
+        req = req.key_condition_expression(cond);
+        if !q.filters() {
+            let items = req.into_paginator().items().send();
+            let mut items = std::pin::pin!(items);
+            let mut incidents = Vec::new();
+            // Pull one more than asked to learn whether there is a next page.
+            while incidents.len() <= limit {
+                match items.next().await {
+                    Some(Ok(item)) => incidents.push(decode(&item)?),
+                    Some(Err(e)) => return Err(unavailable("list incidents", e)),
+                    None => break,
+                }
+            }
+            return Ok(IncidentPage::from_overfetch(incidents, limit));
+        }
+        // Filters are applied here, not by DynamoDB (the incident is one JSON attribute): walk
+        // newest first, examining at most MAX_EXAMINED items, as the SQLite store does. Each page
+        // asks for no more than is still wanted (one past the cap, to learn whether any remain),
+        // so a request never reads more than that from the table.
+        let cap = MAX_EXAMINED;
+        let (mut matches, mut read, mut last) = (Vec::new(), 0, None);
+        let mut start = None;
+        'pages: loop {
+            let out = req
+                .clone()
+                .limit((cap + 1 - read) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("list incidents", e))?;
+            for item in out.items.unwrap_or_default() {
+                if read == cap {
+                    return Ok(IncidentPage::filtered(matches, limit, last, true));
+                }
+                read += 1;
+                let i = decode(&item)?;
+                last = Some(i.incident_id.clone());
+                if q.matches(&i) {
+                    matches.push(i);
+                    if matches.len() > limit {
+                        break 'pages;
+                    }
+                }
+            }
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
             }
         }
-        Ok(IncidentPage::from_overfetch(incidents, limit))
+        Ok(IncidentPage::filtered(matches, limit, last, false))
     }
 }
 
@@ -300,5 +336,145 @@ impl Dispatcher for SnsDispatcher {
             .await
             .map_err(|e| unavailable("mark dispatch published", e))?;
         Ok(())
+    }
+}
+
+/// Most keys one `BatchGetItem` call takes (DynamoDB's limit).
+const BATCH_GET_KEYS: usize = 100;
+/// Calls one chunk may take when DynamoDB hands back unprocessed keys (throttling).
+const BATCH_GET_ROUNDS: u32 = 4;
+
+/// [`TaskLog`] for the AWS host. Triage keeps no per-incident task list there: an incident's
+/// tasks follow from its agents (stable task ids), and where each stands is the publish marker
+/// [`SnsDispatcher`] keeps in the dispatch table. Markers expire after 14 days (DynamoDB TTL), so
+/// an older incident's tasks read `pending` again.
+#[derive(Clone)]
+pub struct DynamoTaskLog {
+    ddb: Ddb,
+    incidents: DynamoIncidents,
+    dispatch_table: String,
+}
+
+impl DynamoTaskLog {
+    /// Reads incidents from `incidents_table` and markers from `dispatch_table`.
+    pub fn new(ddb: Ddb, incidents_table: &str, dispatch_table: &str) -> Self {
+        DynamoTaskLog {
+            incidents: DynamoIncidents::new(ddb.clone(), incidents_table),
+            ddb,
+            dispatch_table: dispatch_table.to_owned(),
+        }
+    }
+
+    /// The `state` of each marker among `task_ids` that exists.
+    async fn markers(
+        &self,
+        task_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let mut found = std::collections::HashMap::new();
+        for chunk in task_ids.chunks(BATCH_GET_KEYS) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|id| Item::from([("taskId".to_owned(), s(id))]))
+                .collect();
+            for round in 0..BATCH_GET_ROUNDS {
+                if keys.is_empty() {
+                    break;
+                }
+                if round > 0 {
+                    // DynamoDB hands back what it could not read when throttled: back off.
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << round)).await;
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .projection_expression("taskId, #st")
+                    .expression_attribute_names("#st", "state")
+                    .build()
+                    .map_err(|e| unavailable("batch get dispatch markers", e))?;
+                let out = self
+                    .ddb
+                    .batch_get_item()
+                    .request_items(&self.dispatch_table, request)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("batch get dispatch markers", e))?;
+                for item in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.dispatch_table)
+                    .unwrap_or_default()
+                {
+                    if let (Some(id), Some(state)) = (get_s(&item, "taskId"), get_s(&item, "state"))
+                    {
+                        found.insert(id, state);
+                    }
+                }
+                keys = out
+                    .unprocessed_keys
+                    .unwrap_or_default()
+                    .remove(&self.dispatch_table)
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+            }
+            if !keys.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "dispatch markers could not be read (throttled)".into(),
+                ));
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl TaskLog for DynamoTaskLog {
+    async fn tasks(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let Some(incident) = self.incidents.get(tenant_id, incident_id).await? else {
+            return Ok(Vec::new());
+        };
+        // Investigations first, then cancels: the order triage sends them in.
+        let mut kinds = vec![TaskKind::Dispatch];
+        if incident.status == IncidentStatus::Resolved {
+            kinds.push(TaskKind::Cancel);
+        }
+        let (id, agents) = (&incident.incident_id, &incident.agents);
+        let tasks: Vec<(String, &String, TaskKind)> = kinds
+            .iter()
+            .flat_map(|&kind| {
+                agents
+                    .iter()
+                    .map(move |agent| (crate::triage::task_id(id, agent, kind), agent, kind))
+            })
+            .collect();
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = tasks.iter().map(|(id, _, _)| id.clone()).collect();
+        let markers = self.markers(&ids).await?;
+        Ok(tasks
+            .into_iter()
+            .map(|(task_id, agent, kind)| TaskRecord {
+                // `publishing` is a publish in progress (or one that died and will be retried
+                // by the message's redelivery): not handed over yet.
+                state: match markers.get(&task_id).map(String::as_str) {
+                    Some("published") => "published",
+                    _ => "pending",
+                }
+                .into(),
+                task_id,
+                agent: agent.clone(),
+                kind: match kind {
+                    TaskKind::Dispatch => "investigate",
+                    TaskKind::Cancel => "cancel",
+                }
+                .into(),
+                attempts: None,
+                at: None,
+            })
+            .collect())
     }
 }

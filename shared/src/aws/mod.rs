@@ -1,7 +1,7 @@
 //! The AWS adapters behind the same ports as the embedded ones: DynamoDB for keys, tenants,
-//! dedup records, incidents and dispatch markers; SQS for the alert queue; SNS for agent tasks.
-//! Only this module names `aws_sdk_*` types. Clients honour `AWS_ENDPOINT_URL`, which is how the
-//! tests point them at an emulator on loopback.
+//! dedup records, incidents, dispatch markers and console sessions; SQS for the alert queue; SNS
+//! for agent tasks. Only this module names `aws_sdk_*` types. Clients honour `AWS_ENDPOINT_URL`,
+//! which is how the tests point them at an emulator on loopback.
 
 mod config;
 mod deadletters;
@@ -11,13 +11,15 @@ mod directory;
 mod incidents;
 mod item;
 mod ledger;
+mod sessions;
 mod subscriptions;
 
-pub use config::{ConfigError, IngestConfig, TriageConfig};
+pub use config::{ConfigError, ConsoleLambdaConfig, IngestConfig, TriageConfig};
 pub use deadletters::SqsDeadLetters;
 pub use directory::{DynamoDirectory, DynamoTenants};
-pub use incidents::{DynamoIncidents, SnsDispatcher};
+pub use incidents::{DynamoIncidents, DynamoTaskLog, SnsDispatcher};
 pub use ledger::{dedup_pk, DynamoDedupKeys, DynamoLedger};
+pub use sessions::DynamoSessions;
 pub use subscriptions::{DynamoSubscriptions, SnsApiConfirmer};
 
 pub use aws_config::SdkConfig;

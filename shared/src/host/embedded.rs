@@ -19,8 +19,9 @@ use crate::ports::KeyAdmin;
 use crate::sns::{CertCache, HttpsGet, ReqwestGet, SubscribeUrlConfirmer};
 use crate::sqlite::{
     Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue,
-    SqliteSubscriptions,
+    SqliteSessions, SqliteSubscriptions,
 };
+use crate::console::{ConsoleConfig, ConsoleState, HostKind, LiveMode};
 use crate::triage::Triage;
 
 /// Settings of the one-machine host.
@@ -42,6 +43,9 @@ pub struct EmbeddedConfig {
     pub max_alerts: usize,
     /// Timeouts and the connection cap of the listener.
     pub limits: ServerLimits,
+    /// Where senders and browsers reach this server (`--public-url`); `None`: the request's own
+    /// host.
+    pub public_url: Option<String>,
 }
 
 impl EmbeddedConfig {
@@ -56,6 +60,7 @@ impl EmbeddedConfig {
             sns_certs: None,
             max_alerts: crate::http::DEFAULT_MAX_ALERTS,
             limits: ServerLimits::default(),
+            public_url: None,
         }
     }
 
@@ -79,6 +84,9 @@ impl EmbeddedConfig {
         if let Some(url) = &self.agent_webhook {
             validate_agent_webhook(url)?;
         }
+        if let Some(url) = &self.public_url {
+            validate_public_url(url)?;
+        }
         Ok(())
     }
 }
@@ -95,9 +103,31 @@ pub struct Embedded {
     pub queue: SqliteQueue,
     pub state: Arc<AppState>,
     pub triage: Triage,
+    pub sessions: SqliteSessions,
+    /// The console's pages and management API, served with the ingest routes.
+    pub console: Arc<ConsoleState>,
 }
 
 /// Checks an agent webhook URL given on the command line.
+/// `--public-url`: an http(s) origin (and optional path prefix), no query or credentials.
+pub fn validate_public_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("--public-url {url:?}: {e}"))?;
+    let ok = matches!(parsed.scheme(), "http" | "https")
+        && parsed.host().is_some()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.query().is_none()
+        && parsed.fragment().is_none();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--public-url {url:?}: use the http:// or https:// address senders reach this server at, \
+             without credentials, query or fragment"
+        ))
+    }
+}
+
 pub fn validate_agent_webhook(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("--agent-webhook {url:?}: {e}"))?;
     match parsed.scheme() {
@@ -146,6 +176,21 @@ impl Embedded {
             subscriptions: Arc::new(subscriptions.clone()),
         });
         let state = Arc::new(state);
+        let sessions = SqliteSessions::new(db.clone());
+        let console = Arc::new(ConsoleState {
+            directory: Arc::new(directory.clone()),
+            incidents: Arc::new(incidents.clone()),
+            ledger: state.ledger.clone(),
+            sessions: Arc::new(sessions.clone()),
+            subscriptions: Arc::new(subscriptions.clone()),
+            tasks: Arc::new(dispatcher.clone()),
+            config: ConsoleConfig {
+                public_url: config.public_url.clone(),
+                live: LiveMode::Stream,
+                rate_limit: config.rate_limit,
+                host: HostKind::Embedded,
+            },
+        });
         let triage = Triage {
             incidents: Arc::new(incidents.clone()),
             settings: Arc::new(directory.clone()),
@@ -163,6 +208,8 @@ impl Embedded {
             dispatcher,
             state,
             triage,
+            sessions,
+            console,
         })
     }
 
@@ -176,6 +223,11 @@ impl Embedded {
 
     /// Serves the API on `listener` and runs the workers until `shutdown` resolves; then stops
     /// accepting, finishes in-flight requests and triage, and flushes the database.
+    /// The ingest API and the console on one router.
+    pub fn router(&self) -> axum::Router {
+        router(self.state.clone()).merge(crate::console::router(self.console.clone()))
+    }
+
     pub async fn run(
         &self,
         listener: tokio::net::TcpListener,
@@ -200,7 +252,7 @@ impl Embedded {
         info!(?addr, db = %self.config.db_path.display(), "causeflow serve listening");
         let served = server::serve(
             listener,
-            router(self.state.clone()),
+            self.router(),
             self.config.limits,
             shutdown,
         )

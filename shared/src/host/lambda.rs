@@ -1,6 +1,6 @@
 //! The Lambda host's wiring: the same router and triage as `causeflow serve`
 //! ([`super::embedded`]), with the AWS adapters behind the ports. The functions in `functions/`
-//! call these once, at init.
+//! call these once, at init: ingest and triage, and the console (with the `console` feature).
 
 use std::sync::Arc;
 
@@ -67,4 +67,51 @@ pub fn triage(sdk: &aws_config::SdkConfig, config: &TriageConfig) -> Triage {
         keys: Arc::new(DynamoDedupKeys::new(ddb.clone(), &config.dedup_table)),
         max_receives: config.max_receives,
     }
+}
+
+/// Everything the console Lambda's router needs, built once at init. "Send test alert" goes
+/// through [`DynamoLedger`], so a test alert takes the same dedup and queue path as a webhook and
+/// triage records it.
+#[cfg(feature = "console")]
+pub fn console_state(
+    sdk: &aws_config::SdkConfig,
+    config: &crate::aws::ConsoleLambdaConfig,
+) -> Arc<crate::console::ConsoleState> {
+    use crate::console::{ConsoleConfig, ConsoleState, HostKind, LiveMode};
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    Arc::new(ConsoleState {
+        directory: Arc::new(DynamoDirectory::new(
+            ddb.clone(),
+            &config.keys_table,
+            &config.tenants_table,
+        )),
+        incidents: Arc::new(DynamoIncidents::new(ddb.clone(), &config.incidents_table)),
+        ledger: Arc::new(DynamoLedger::new(
+            ddb.clone(),
+            aws_sdk_sqs::Client::new(sdk),
+            &config.dedup_table,
+            &config.alert_queue_url,
+            config.dedup,
+        )),
+        sessions: Arc::new(crate::aws::DynamoSessions::new(
+            ddb.clone(),
+            &config.sessions_table,
+        )),
+        subscriptions: Arc::new(DynamoSubscriptions::new(
+            ddb.clone(),
+            &config.subscriptions_table,
+        )),
+        tasks: Arc::new(crate::aws::DynamoTaskLog::new(
+            ddb,
+            &config.incidents_table,
+            &config.dispatch_table,
+        )),
+        config: ConsoleConfig {
+            public_url: config.public_url.clone(),
+            // API Gateway and Lambda answer each request and close it: no event stream.
+            live: LiveMode::Poll,
+            rate_limit: config.rate_limit(),
+            host: HostKind::Aws,
+        },
+    })
 }

@@ -178,6 +178,7 @@ async fn list_incidents(
         status,
         limit,
         cursor: p.cursor.filter(|c| !c.is_empty()),
+        ..Default::default()
     };
     let page = app.incidents.list(&tenant, &query).await?;
     Ok(Json(page).into_response())

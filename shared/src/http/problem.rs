@@ -55,6 +55,13 @@ pub enum ApiError {
     /// The request is malformed in a way that is not about the payload's fields (400).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A management API request without a console session (401).
+    #[error("not signed in")]
+    NotSignedIn,
+    /// A state-changing management request without the session's CSRF token, or from another
+    /// origin (403).
+    #[error("csrf token rejected")]
+    CsrfRejected,
     /// Every alert of the request duplicates an open incident (409).
     #[error("duplicate")]
     Duplicate { alerts: Vec<AlertResult> },
@@ -182,6 +189,22 @@ impl ApiError {
                 ),
             ),
             Challenge(inner) => inner.parts(),
+            NotSignedIn => (
+                StatusCode::UNAUTHORIZED,
+                "not_signed_in",
+                "Not signed in",
+                "The management API takes a console session: sign in with a link from \
+                 `causeflow console-link --tenant <tenant>`. API keys do not open it."
+                    .into(),
+            ),
+            CsrfRejected => (
+                StatusCode::FORBIDDEN,
+                "csrf_rejected",
+                "CSRF token rejected",
+                "Send the session's CSRF token (the console page's csrf-token meta tag) in \
+                 X-CSRF-Token, from the console's own origin."
+                    .into(),
+            ),
             BadRequest(d) => (StatusCode::BAD_REQUEST, "invalid_sns_message", "Invalid SNS message", d.clone()),
             Duplicate { .. } => (
                 StatusCode::CONFLICT,

@@ -204,6 +204,19 @@ impl KeyAdmin for SqliteDirectory {
             .await
     }
 
+    async fn allowed_topics(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let t = tenant.to_owned();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT topic_arn FROM topic_allowlist WHERE tenant_id = ?1 ORDER BY topic_arn",
+                )?;
+                let rows = st.query_map([t], |r| r.get(0))?;
+                Ok(rows.collect::<Result<Vec<String>, _>>()?)
+            })
+            .await
+    }
+
     async fn allow_topic(
         &self,
         tenant: &str,

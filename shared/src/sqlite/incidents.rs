@@ -27,11 +27,35 @@ fn decode(json: String) -> Result<Incident, StoreError> {
 }
 
 fn get(c: &Connection, tenant: &str, id: &str) -> Result<Option<Incident>, StoreError> {
-    let json: Option<String> = c
-        .prepare_cached("SELECT data FROM incidents WHERE tenant_id = ?1 AND incident_id = ?2")?
-        .query_row(params![tenant, id], |r| r.get(0))
+    let row = c
+        .prepare_cached(&format!("{SELECT} WHERE i.tenant_id = ?1 AND i.incident_id = ?2"))?
+        .query_row(params![tenant, id], row)
         .optional()?;
-    json.map(decode).transpose()
+    row.map(with_duplicates).transpose()
+}
+
+/// An incident with its duplicate count, which the ledger keeps in `duplicates` (a 409 writes
+/// one small row there in the commit it already makes, instead of rewriting the incident).
+const SELECT: &str = "SELECT i.data, d.count, d.last_seen, i.incident_id FROM incidents i
+    LEFT JOIN duplicates d ON d.tenant_id = i.tenant_id AND d.incident_id = i.incident_id";
+
+type Row = (String, Option<i64>, Option<i64>, String);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn with_duplicates((json, count, last, _): Row) -> Result<Incident, StoreError> {
+    let mut i = decode(json)?;
+    i.duplicate_count = Some(count.unwrap_or(0).max(0) as u64);
+    if let Some(at) = last.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis) {
+        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        // RFC 3339 in UTC with the same precision sorts as text.
+        if at > i.last_seen && i.status.is_active() {
+            i.last_seen = at;
+        }
+    }
+    Ok(i)
 }
 
 fn put(c: &Connection, i: &Incident) -> Result<(), StoreError> {
@@ -111,24 +135,52 @@ impl IncidentStore for SqliteIncidents {
 
     async fn list(&self, tenant_id: &str, q: &IncidentQuery) -> Result<IncidentPage, StoreError> {
         let t = tenant_id.to_owned();
-        let status = q.status.map(|s| s.as_str());
-        let cursor = q.cursor.clone();
+        let q = q.clone();
         let limit = q.limit.clamp(1, 1000);
         self.db
             .read(move |c| {
-                let mut st = c.prepare_cached(
-                    "SELECT data FROM incidents WHERE tenant_id = ?1
-                       AND (?2 IS NULL OR status = ?2)
-                       AND (?3 IS NULL OR incident_id < ?3)
-                     ORDER BY incident_id DESC LIMIT ?4",
-                )?;
-                let rows = st.query_map(params![t, status, cursor, (limit + 1) as i64], |r| {
-                    r.get::<_, String>(0)
-                })?;
-                let incidents = rows
-                    .map(|r| decode(r?))
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                Ok(IncidentPage::from_overfetch(incidents, limit))
+                let status = q.status.map(|s| s.as_str());
+                let sql = match status {
+                    // Both walk an index newest first: (tenant_id, status, incident_id), or the
+                    // primary key.
+                    Some(_) => format!(
+                        "{SELECT} WHERE i.tenant_id = ?1 AND i.status = ?2
+                           AND (?3 IS NULL OR i.incident_id < ?3)
+                         ORDER BY i.incident_id DESC LIMIT ?4"
+                    ),
+                    None => format!(
+                        "{SELECT} WHERE i.tenant_id = ?1 AND (?2 IS NULL)
+                           AND (?3 IS NULL OR i.incident_id < ?3)
+                         ORDER BY i.incident_id DESC LIMIT ?4"
+                    ),
+                };
+                let mut st = c.prepare_cached(&sql)?;
+                if !q.filters() {
+                    let rows = st.query_map(params![t, status, q.cursor, (limit + 1) as i64], row)?;
+                    let incidents = rows
+                        .map(|r| with_duplicates(r?))
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    return Ok(IncidentPage::from_overfetch(incidents, limit));
+                }
+                let cap = crate::ports::MAX_EXAMINED;
+                let mut rows = st.query(params![t, status, q.cursor, (cap + 1) as i64])?;
+                let (mut matches, mut examined, mut last) = (Vec::new(), 0, None);
+                while let Some(r) = rows.next()? {
+                    if examined == cap {
+                        return Ok(IncidentPage::filtered(matches, limit, last, true));
+                    }
+                    examined += 1;
+                    let r = row(r)?;
+                    last = Some(r.3.clone());
+                    let i = with_duplicates(r)?;
+                    if q.matches(&i) {
+                        matches.push(i);
+                        if matches.len() > limit {
+                            break;
+                        }
+                    }
+                }
+                Ok(IncidentPage::filtered(matches, limit, last, false))
             })
             .await
     }
@@ -269,5 +321,42 @@ impl Dispatcher for SqliteDispatcher {
             .await?;
         self.db.signals().dispatched.notify_one();
         Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::ports::TaskLog for SqliteDispatcher {
+    async fn tasks(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+    ) -> Result<Vec<crate::ports::TaskRecord>, StoreError> {
+        let (t, i) = (tenant_id.to_owned(), incident_id.to_owned());
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT task_id, agent, kind, attempts, delivered_at, created_at FROM dispatches
+                     WHERE tenant_id = ?1 AND incident_id = ?2 ORDER BY created_at, rowid",
+                )?;
+                let rows = st.query_map(params![t, i], |r| {
+                    let delivered: Option<i64> = r.get(4)?;
+                    let created: i64 = r.get(5)?;
+                    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(delivered.unwrap_or(created))
+                        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                    Ok(crate::ports::TaskRecord {
+                        task_id: r.get(0)?,
+                        agent: r.get(1)?,
+                        kind: match r.get::<_, String>(2)?.as_str() {
+                            "cancel" => "cancel".into(),
+                            _ => "investigate".into(),
+                        },
+                        state: if delivered.is_some() { "delivered" } else { "pending" }.into(),
+                        attempts: Some(r.get::<_, i64>(3)?.clamp(0, u32::MAX as i64) as u32),
+                        at,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
     }
 }

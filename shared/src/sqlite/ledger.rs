@@ -50,6 +50,17 @@ fn release(c: &Connection, t: &str, p: &str, id: &str) -> Result<(), StoreError>
     Ok(())
 }
 
+/// A 409 is counted in the commit that answers it: one small upsert, no extra fsync.
+fn count_duplicate(c: &Connection, tenant: &str, incident_id: &str, now: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO duplicates(tenant_id, incident_id, count, last_seen) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT(tenant_id, incident_id) DO UPDATE SET count = count + 1,
+           last_seen = max(last_seen, excluded.last_seen)",
+    )?
+    .execute(params![tenant, incident_id, now])?;
+    Ok(())
+}
+
 fn enqueue(c: &Connection, msg: &QueuedAlert, now: i64) -> Result<(), StoreError> {
     let body = msg.to_queue_body();
     c.prepare_cached("INSERT INTO queue(body, enqueued_at, visible_at) VALUES (?1, ?2, ?2)")?
@@ -103,9 +114,10 @@ impl AlertLedger for SqliteLedger {
                                 retry_after: *retry_after,
                             })
                         }
-                        Decision::Duplicate { .. }
-                        | Decision::Ignore
-                        | Decision::Acknowledge { .. } => {
+                        Decision::Duplicate { incident_id } => {
+                            count_duplicate(c, &tenant, incident_id, now)?;
+                        }
+                        Decision::Ignore | Decision::Acknowledge { .. } => {
                             if alert.status == AlertStatus::Resolved && existing.is_some() {
                                 // An expired or abandoned record: clear it so it stops lingering.
                                 release(c, &tenant, p, &alert.source_alert_id)?;

@@ -10,6 +10,7 @@ mod directory;
 mod incidents;
 mod ledger;
 mod queue;
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -26,6 +27,7 @@ pub use directory::{SqliteDirectory, SqliteSubscriptions};
 pub use incidents::{DispatchRow, SqliteDispatcher, SqliteIncidents};
 pub use ledger::SqliteLedger;
 pub use queue::{QueueStats, SqliteQueue};
+pub use sessions::SqliteSessions;
 
 /// Most jobs one transaction carries.
 const MAX_BATCH: usize = 512;

@@ -90,3 +90,30 @@ CREATE TABLE IF NOT EXISTS sns_subscriptions (
     updated_at       INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, topic_arn)
 ) WITHOUT ROWID;
+
+-- Repeats of a firing answered 409, per incident (the incidents API's duplicateCount and lastSeen).
+CREATE TABLE IF NOT EXISTS duplicates (
+    tenant_id   TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    count       INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, incident_id)
+) WITHOUT ROWID;
+
+-- Console sign-in links (one use each) and sessions, by the SHA-256 of their secret.
+CREATE TABLE IF NOT EXISTS console_links (
+    token_hash TEXT PRIMARY KEY,
+    tenant_id  TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS console_sessions (
+    session_hash TEXT PRIMARY KEY,
+    tenant_id    TEXT NOT NULL,
+    csrf_token   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    last_seen    INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS console_sessions_by_tenant ON console_sessions(tenant_id);
