@@ -358,8 +358,9 @@ pub struct TaskRecord {
     pub agent: String,
     /// `investigate` or `cancel`.
     pub kind: String,
-    /// `delivered`, `pending` (delivery will be retried) or `published` (handed to the
-    /// agent-dispatch topic, which delivers to the agents' queues).
+    /// `queued` (recorded, not yet delivered), `retrying` (a delivery failed and will be
+    /// retried), `delivered`, `publishing` or `published` (handed to the agent-dispatch topic,
+    /// which delivers to the agents' queues).
     pub state: String,
     /// Delivery attempts so far, where the host counts them.
     #[serde(skip_serializing_if = "Option::is_none")]

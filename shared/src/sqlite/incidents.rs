@@ -41,6 +41,25 @@ const SELECT: &str = "SELECT i.data, d.count, d.last_seen, i.incident_id FROM in
 
 type Row = (String, Option<i64>, Option<i64>, String);
 
+/// The list query: both forms walk an index newest first, (tenant_id, status, incident_id) or
+/// the primary key, and stop at the limit, so a page costs the same with 10 or 10 million
+/// incidents in the tenant.
+fn list_sql(by_status: bool) -> String {
+    if by_status {
+        format!(
+            "{SELECT} WHERE i.tenant_id = ?1 AND i.status = ?2
+               AND (?3 IS NULL OR i.incident_id < ?3)
+             ORDER BY i.incident_id DESC LIMIT ?4"
+        )
+    } else {
+        format!(
+            "{SELECT} WHERE i.tenant_id = ?1 AND (?2 IS NULL)
+               AND (?3 IS NULL OR i.incident_id < ?3)
+             ORDER BY i.incident_id DESC LIMIT ?4"
+        )
+    }
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
@@ -140,20 +159,7 @@ impl IncidentStore for SqliteIncidents {
         self.db
             .read(move |c| {
                 let status = q.status.map(|s| s.as_str());
-                let sql = match status {
-                    // Both walk an index newest first: (tenant_id, status, incident_id), or the
-                    // primary key.
-                    Some(_) => format!(
-                        "{SELECT} WHERE i.tenant_id = ?1 AND i.status = ?2
-                           AND (?3 IS NULL OR i.incident_id < ?3)
-                         ORDER BY i.incident_id DESC LIMIT ?4"
-                    ),
-                    None => format!(
-                        "{SELECT} WHERE i.tenant_id = ?1 AND (?2 IS NULL)
-                           AND (?3 IS NULL OR i.incident_id < ?3)
-                         ORDER BY i.incident_id DESC LIMIT ?4"
-                    ),
-                };
+                let sql = list_sql(status.is_some());
                 let mut st = c.prepare_cached(&sql)?;
                 if !q.filters() {
                     let rows = st.query_map(params![t, status, q.cursor, (limit + 1) as i64], row)?;
@@ -350,7 +356,13 @@ impl crate::ports::TaskLog for SqliteDispatcher {
                             "cancel" => "cancel".into(),
                             _ => "investigate".into(),
                         },
-                        state: if delivered.is_some() { "delivered" } else { "pending" }.into(),
+                        state: match (delivered.is_some(), r.get::<_, i64>(3)?) {
+                            (true, _) => "delivered",
+                            // Recorded in the outbox; delivered when --agent-webhook is set.
+                            (false, 0) => "queued",
+                            (false, _) => "retrying",
+                        }
+                        .into(),
                         attempts: Some(r.get::<_, i64>(3)?.clamp(0, u32::MAX as i64) as u32),
                         at,
                     })
@@ -358,5 +370,31 @@ impl crate::ports::TaskLog for SqliteDispatcher {
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn incident_pages_walk_an_index_and_never_sort() {
+        let dir = std::env::temp_dir().join(format!("causeflow-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::open(dir.join("plan.db")).unwrap();
+        for by_status in [false, true] {
+            let plan: Vec<String> = db
+                .read(move |c| {
+                    let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {}", list_sql(by_status)))?;
+                    let rows = st.query_map(params!["t", "open", "inc_x", 51], |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await
+                .unwrap();
+            assert!(plan.iter().all(|l| l.starts_with("SEARCH")), "{plan:?}");
+            assert!(!plan.iter().any(|l| l.contains("TEMP B-TREE")), "{plan:?}");
+        }
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
