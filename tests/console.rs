@@ -372,6 +372,22 @@ async fn the_management_api_manages_keys_agents_and_topics() {
     let key_id = k["keyId"].as_str().unwrap().to_owned();
     let (st, list) = c.api(M::GET, "keys", None).await;
     assert_eq!(st, 200);
+    // The harness's own key has not been used; after a webhook it has, to about a minute.
+    let used = |list: &Value, id: &str| list.as_array().unwrap().iter().find(|k| k["keyId"] == id).unwrap().get("lastUsedAt").cloned();
+    assert_eq!(used(&list, &s.key_id), None);
+    s.generic("usage-1", "firing").await.expect(202);
+    let mut tries = 0;
+    loop {
+        let (_, l) = c.api(M::GET, "keys", None).await;
+        if let Some(at) = used(&l, &s.key_id) {
+            let at = chrono::DateTime::parse_from_rfc3339(at.as_str().unwrap()).unwrap();
+            assert!((chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_seconds().abs() < 120);
+            break;
+        }
+        tries += 1;
+        assert!(tries < 200, "last use never recorded");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let text = list.to_string();
     assert!(text.contains("grafana") && !text.contains(k["apiKey"].as_str().unwrap()));
     assert!(!text.contains(k["webhookSecret"].as_str().unwrap()));

@@ -202,6 +202,22 @@ pub struct KeySummary {
     /// A previous secret still verifies (rotation in progress).
     pub rotating: bool,
     pub has_sentry_secret: bool,
+    /// When the key last authenticated a request (RFC 3339, to about a minute), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+}
+
+/// When each API key last authenticated a request. Kept apart from the keys themselves, so the
+/// ingest path that records it never needs write access to keys.
+#[async_trait]
+pub trait KeyUsage: Send + Sync {
+    /// Records that `key_id` was used at `at_ms` (Unix milliseconds); later times win.
+    async fn record_use(&self, key_id: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// The last use of each of `key_ids` that has one (Unix milliseconds).
+    async fn last_used(
+        &self,
+        key_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError>;
 }
 
 /// Key and tenant management, used by the CLI against either host's store.

@@ -256,6 +256,7 @@ impl KeyAdmin for DynamoDirectory {
                 revoked: i.contains_key("revokedAt"),
                 rotating: i.contains_key("previousSecret"),
                 has_sentry_secret: i.contains_key("sentryClientSecret"),
+                last_used_at: None,
             })
             .collect();
         keys.sort_by(|a, b| (&a.created_at, &a.key_id).cmp(&(&b.created_at, &b.key_id)));

@@ -78,7 +78,7 @@ pub async fn list_keys(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, &tenant, false).await?;
-    Ok(Json(st.directory.list_keys(&tenant).await?).into_response())
+    Ok(Json(super::keys_with_usage(&st, &tenant).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -20,7 +20,7 @@ use crate::error::StoreError;
 use crate::http::RateLimit;
 use crate::model::{Alert, AlertResult, AlertStatus, Provider, Severity};
 use crate::ports::{
-    AlertLedger, ConsoleSessions, IncidentStore, KeyAdmin, Subscriptions, TaskLog,
+    AlertLedger, ConsoleSessions, IncidentStore, KeyAdmin, KeyUsage, Subscriptions, TaskLog,
 };
 
 pub use session::{create_sign_in_link, SESSION_ABSOLUTE, SESSION_IDLE};
@@ -60,6 +60,8 @@ pub struct ConsoleState {
     pub sessions: Arc<dyn ConsoleSessions>,
     pub subscriptions: Arc<dyn Subscriptions>,
     pub tasks: Arc<dyn TaskLog>,
+    /// Keys' last use, where the host records it.
+    pub usage: Option<Arc<dyn KeyUsage>>,
     pub config: ConsoleConfig,
 }
 
@@ -167,6 +169,25 @@ pub async fn send_test_alert(
     results
         .pop()
         .ok_or_else(|| StoreError::Unavailable("the ledger answered nothing".into()))
+}
+
+/// The tenant's keys with their last use filled in where the host records it.
+pub(crate) async fn keys_with_usage(
+    state: &ConsoleState,
+    tenant: &str,
+) -> Result<Vec<crate::ports::KeySummary>, StoreError> {
+    let mut keys = state.directory.list_keys(tenant).await?;
+    if let Some(usage) = &state.usage {
+        let ids: Vec<String> = keys.iter().map(|k| k.key_id.clone()).collect();
+        let used = usage.last_used(&ids).await?;
+        for k in &mut keys {
+            k.last_used_at = used
+                .get(&k.key_id)
+                .and_then(|ms| chrono::DateTime::<chrono::Utc>::from_timestamp_millis(*ms))
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
+    }
+    Ok(keys)
 }
 
 /// Longest a sign-in link may live (`console-link --ttl`).

@@ -527,12 +527,18 @@ fn key_rows(keys: Vec<KeySummary>) -> Vec<KeyRow> {
     keys.into_iter()
         .map(|k| {
             let created = Time::new(&k.created_at);
+            let last_used = k.last_used_at.as_deref().map(Time::new);
             let state = match (k.revoked, k.rotating) {
                 (true, _) => "revoked",
                 (false, true) => "active, old secret still verifies",
                 (false, false) => "active",
             };
-            KeyRow { k, created, state }
+            KeyRow {
+                k,
+                created,
+                last_used,
+                state,
+            }
         })
         .collect()
 }
@@ -544,7 +550,7 @@ async fn keys_page(
     notice: Option<String>,
     error: Option<String>,
 ) -> Response {
-    let keys = match st.directory.list_keys(&s.tenant_id).await {
+    let keys = match super::keys_with_usage(st, &s.tenant_id).await {
         Ok(k) => k,
         Err(e) => return unavailable(e),
     };

@@ -170,6 +170,7 @@ pub struct Shown {
 pub struct KeyRow {
     pub k: KeySummary,
     pub created: Time,
+    pub last_used: Option<Time>,
     pub state: &'static str,
 }
 

@@ -164,6 +164,7 @@ impl Embedded {
             config.rate_limit,
         );
         state.max_alerts = config.max_alerts;
+        state.usage = Some(crate::http::UsageRecorder::new(Arc::new(directory.clone())));
         state.body_timeout = config.limits.request_timeout;
         let certs = CertCache::new(https.clone());
         if let Some(path) = &config.sns_certs {
@@ -184,6 +185,7 @@ impl Embedded {
             sessions: Arc::new(sessions.clone()),
             subscriptions: Arc::new(subscriptions.clone()),
             tasks: Arc::new(dispatcher.clone()),
+            usage: Some(Arc::new(directory.clone())),
             config: ConsoleConfig {
                 public_url: config.public_url.clone(),
                 live: LiveMode::Stream,

@@ -106,6 +106,8 @@ pub fn console_state(
             &config.incidents_table,
             &config.dispatch_table,
         )),
+        // Set below, once the AWS KeyUsage store exists.
+        usage: None,
         config: ConsoleConfig {
             public_url: config.public_url.clone(),
             // API Gateway and Lambda answer each request and close it: no event stream.

@@ -9,6 +9,7 @@ mod ratelimit;
 #[cfg(feature = "embedded")]
 pub mod server;
 mod sns;
+mod usage;
 mod webhook;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 pub use problem::ApiError;
 pub use ratelimit::{RateLimit, RateLimiter};
 pub use sns::SnsSupport;
+pub use usage::UsageRecorder;
 
 use crate::auth::hash_api_key;
 use crate::model::IncidentStatus;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// CloudWatch straight from SNS (signature, binding, confirmation); `None` refuses it.
     pub sns: Option<SnsSupport>,
+    /// Where keys' last use is recorded (the console shows it); `None`: not recorded.
+    pub usage: Option<UsageRecorder>,
 }
 
 impl AppState {
@@ -71,6 +75,7 @@ impl AppState {
             max_alerts: DEFAULT_MAX_ALERTS,
             body_timeout: std::time::Duration::from_secs(15),
             sns: None,
+            usage: None,
         }
     }
 }
@@ -100,7 +105,12 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// all get the same answer, so the answer does not reveal which it was.
 async fn tenant_key(app: &AppState, tenant: &str, api_key: &str) -> Result<KeyRecord, ApiError> {
     match app.keys.key_by_hash(&hash_api_key(api_key)).await? {
-        Some(k) if !k.revoked && k.tenant_id == tenant => Ok(k),
+        Some(k) if !k.revoked && k.tenant_id == tenant => {
+            if let Some(u) = &app.usage {
+                u.note(&k.key_id);
+            }
+            Ok(k)
+        }
         _ => Err(ApiError::InvalidApiKey),
     }
 }

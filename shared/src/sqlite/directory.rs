@@ -105,6 +105,7 @@ impl KeyAdmin for SqliteDirectory {
                         revoked: r.get(4)?,
                         rotating: r.get(5)?,
                         has_sentry_secret: r.get(6)?,
+                        last_used_at: None,
                     })
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -367,6 +368,43 @@ impl Subscriptions for SqliteSubscriptions {
                     })
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl crate::ports::KeyUsage for SqliteDirectory {
+    async fn record_use(&self, key_id: &str, at_ms: i64) -> Result<(), StoreError> {
+        let k = key_id.to_owned();
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO key_usage(key_id, last_used_at) VALUES (?1, ?2)
+                     ON CONFLICT(key_id) DO UPDATE SET last_used_at = max(last_used_at, excluded.last_used_at)",
+                )?
+                .execute(params![k, at_ms])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn last_used(
+        &self,
+        key_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let ids = key_ids.to_vec();
+        self.db
+            .read(move |c| {
+                let mut st =
+                    c.prepare_cached("SELECT last_used_at FROM key_usage WHERE key_id = ?1")?;
+                let mut out = std::collections::HashMap::new();
+                for id in ids {
+                    if let Some(at) = st.query_row([&id], |r| r.get::<_, i64>(0)).optional()? {
+                        out.insert(id, at);
+                    }
+                }
+                Ok(out)
             })
             .await
     }

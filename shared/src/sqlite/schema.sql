@@ -117,3 +117,9 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     expires_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS console_sessions_by_tenant ON console_sessions(tenant_id);
+
+-- When each API key last authenticated a request (written at most once a minute per key).
+CREATE TABLE IF NOT EXISTS key_usage (
+    key_id       TEXT PRIMARY KEY,
+    last_used_at INTEGER NOT NULL
+) WITHOUT ROWID;
