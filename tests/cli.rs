@@ -202,6 +202,31 @@ async fn first_start_prints_a_working_curl_command() {
         "{listed}"
     );
 
+    // The printed console link signs a browser in to `demo`, once.
+    let link = printed
+        .split_whitespace()
+        .find(|w| w.contains("/console/signin?token="))
+        .unwrap_or_else(|| panic!("no console link printed: {printed}"))
+        .to_owned();
+    assert!(link.starts_with(&format!("http://{addr}/console/signin?token=")), "{link}");
+    let token = link.split_once("token=").unwrap().1;
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = || async {
+        no_redirect
+            .post(format!("http://{addr}/console/signin"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(sign_in().await, 303);
+    assert_eq!(sign_in().await, 401);
+
     // A second start does not create another demo key.
     signal(&child, libc::SIGINT);
     assert!(wait_exit(&mut child).success(), "Ctrl-C exits cleanly");
@@ -220,6 +245,7 @@ async fn first_start_without_a_terminal_prints_no_secret_and_says_how_to_get_a_k
         !printed.contains("cf_") && !printed.contains("Webhook secret"),
         "{printed}"
     );
+    assert!(!printed.contains("token="), "a sign-in link went to a log: {printed}");
     assert!(
         printed.contains("causeflow keys create --tenant demo"),
         "{printed}"
@@ -822,4 +848,59 @@ fn dead_letters_are_listed_and_redriven() {
         count("SELECT count(*) FROM dedup WHERE source_alert_id = 'dl-1'"),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_link_signs_in_once_and_sessions_revoke_signs_out() {
+    let db = db_path();
+    create_key(&db, "acme");
+    let (mut child, addr, _) = serve(&db, &[]);
+    let out = Command::new(BIN)
+        .args(["console-link", "--tenant", "acme", "--ttl", "5m", "--public-url"])
+        .arg(format!("http://{addr}"))
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 min"));
+    let token = link.split_once("token=").unwrap().1.to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("http://{addr}/console/signin"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = || async {
+        http.get(format!("http://{addr}/console/t/acme/incidents"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(page().await, 200);
+    let revoked = cli(&db, &["sessions", "revoke", "--tenant", "acme"]);
+    assert!(revoked.contains("signed out 1 console session"), "{revoked}");
+    assert_eq!(page().await, 401);
+    // Bad settings are refused with a message, not a link.
+    for args in [
+        &["console-link", "--tenant", "acme", "--ttl", "25h"][..],
+        &["console-link", "--tenant", "Not Valid"][..],
+        &["console-link", "--tenant", "acme", "--public-url", "ftp://x"][..],
+    ] {
+        let out = Command::new(BIN).args(args).arg("--db").arg(&db).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
 }
