@@ -1398,6 +1398,20 @@ async fn the_console_signs_in_once_and_manages_keys_on_the_stack() {
         .unwrap();
     let (status, body) = call(&ingest, req).await;
     assert_eq!(status, 202, "{body}");
+    // Its use is recorded (in the background, in the dedup table) and listed by the console.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, _, body) = get("/v1/tenants/demo/keys".into()).await;
+        let keys: Value = serde_json::from_str(&body).unwrap();
+        if keys[0]["lastUsedAt"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last use never recorded: {keys}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Send test alert: through DynamoLedger and the alert queue, then triage, like a webhook.
     let (status, _, body) = post("/v1/tenants/demo/test-alert", json!({}), Some(&csrf)).await;

@@ -208,7 +208,10 @@ async fn first_start_prints_a_working_curl_command() {
         .find(|w| w.contains("/console/signin?token="))
         .unwrap_or_else(|| panic!("no console link printed: {printed}"))
         .to_owned();
-    assert!(link.starts_with(&format!("http://{addr}/console/signin?token=")), "{link}");
+    assert!(
+        link.starts_with(&format!("http://{addr}/console/signin?token=")),
+        "{link}"
+    );
     let token = link.split_once("token=").unwrap().1;
     let no_redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -245,7 +248,10 @@ async fn first_start_without_a_terminal_prints_no_secret_and_says_how_to_get_a_k
         !printed.contains("cf_") && !printed.contains("Webhook secret"),
         "{printed}"
     );
-    assert!(!printed.contains("token="), "a sign-in link went to a log: {printed}");
+    assert!(
+        !printed.contains("token="),
+        "a sign-in link went to a log: {printed}"
+    );
     assert!(
         printed.contains("causeflow keys create --tenant demo"),
         "{printed}"
@@ -856,13 +862,24 @@ async fn console_link_signs_in_once_and_sessions_revoke_signs_out() {
     create_key(&db, "acme");
     let (mut child, addr, _) = serve(&db, &[]);
     let out = Command::new(BIN)
-        .args(["console-link", "--tenant", "acme", "--ttl", "5m", "--public-url"])
+        .args([
+            "console-link",
+            "--tenant",
+            "acme",
+            "--ttl",
+            "5m",
+            "--public-url",
+        ])
         .arg(format!("http://{addr}"))
         .arg("--db")
         .arg(&db)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(String::from_utf8_lossy(&out.stderr).contains("5 min"));
     let token = link.split_once("token=").unwrap().1.to_owned();
@@ -877,7 +894,13 @@ async fn console_link_signs_in_once_and_sessions_revoke_signs_out() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     let page = || async {
         http.get(format!("http://{addr}/console/t/acme/incidents"))
             .header("cookie", &cookie)
@@ -889,15 +912,29 @@ async fn console_link_signs_in_once_and_sessions_revoke_signs_out() {
     };
     assert_eq!(page().await, 200);
     let revoked = cli(&db, &["sessions", "revoke", "--tenant", "acme"]);
-    assert!(revoked.contains("signed out 1 console session"), "{revoked}");
+    assert!(
+        revoked.contains("signed out 1 console session"),
+        "{revoked}"
+    );
     assert_eq!(page().await, 401);
     // Bad settings are refused with a message, not a link.
     for args in [
         &["console-link", "--tenant", "acme", "--ttl", "25h"][..],
         &["console-link", "--tenant", "Not Valid"][..],
-        &["console-link", "--tenant", "acme", "--public-url", "ftp://x"][..],
+        &[
+            "console-link",
+            "--tenant",
+            "acme",
+            "--public-url",
+            "ftp://x",
+        ][..],
     ] {
-        let out = Command::new(BIN).args(args).arg("--db").arg(&db).output().unwrap();
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }

@@ -110,7 +110,10 @@ impl Console {
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
-            .request(method, format!("{}/v1/tenants/{}/{path}", self.base, self.tenant))
+            .request(
+                method,
+                format!("{}/v1/tenants/{}/{path}", self.base, self.tenant),
+            )
             .header("cookie", &self.cookie)
             .header("origin", &self.base)
             .header("x-csrf-token", &self.csrf);
@@ -136,7 +139,11 @@ async fn a_sign_in_link_works_once_and_not_after_it_expires() {
     let again = redeem(&s, &l).await;
     assert_eq!(again.status(), 401);
     assert!(again.headers().get("set-cookie").is_none());
-    assert!(again.text().await.unwrap().contains("used already or has expired"));
+    assert!(again
+        .text()
+        .await
+        .unwrap()
+        .contains("used already or has expired"));
 
     // An expired link: recorded as expiring a moment ago.
     s.app
@@ -162,7 +169,11 @@ async fn a_sign_in_link_works_once_and_not_after_it_expires() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(redeem(&s, &l).await.status(), 303, "the refused post used nothing up");
+    assert_eq!(
+        redeem(&s, &l).await.status(),
+        303,
+        "the refused post used nothing up"
+    );
     s.shutdown().await;
 }
 
@@ -180,7 +191,10 @@ async fn over_https_the_cookie_is_secure_and_host_only() {
         .unwrap();
     assert_eq!(r.status(), 303);
     let set = r.headers()["set-cookie"].to_str().unwrap();
-    assert!(set.starts_with("__Host-cf_console=") && set.contains("; Secure"), "{set}");
+    assert!(
+        set.starts_with("__Host-cf_console=") && set.contains("; Secure"),
+        "{set}"
+    );
     s.shutdown().await;
 }
 
@@ -200,7 +214,10 @@ async fn an_ingest_key_never_opens_the_console_or_its_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    for auth in [("x-api-key", s.api_key.clone()), ("authorization", format!("Bearer {}", s.api_key))] {
+    for auth in [
+        ("x-api-key", s.api_key.clone()),
+        ("authorization", format!("Bearer {}", s.api_key)),
+    ] {
         let r = s
             .client
             .get(format!("{}/v1/tenants/acme/keys", s.base))
@@ -224,11 +241,23 @@ async fn state_changes_need_the_sessions_csrf_token_and_origin() {
     // Forged token, missing token, right token from another origin.
     let forged = Console {
         csrf: format!("{}x", &c.csrf[..c.csrf.len() - 1]),
-        ..Console { base: c.base.clone(), tenant: c.tenant.clone(), cookie: c.cookie.clone(), csrf: String::new(), http: no_redirects() }
+        ..Console {
+            base: c.base.clone(),
+            tenant: c.tenant.clone(),
+            cookie: c.cookie.clone(),
+            csrf: String::new(),
+            http: no_redirects(),
+        }
     };
     let (status, html) = forged.form("keys", &[("name", "forged")]).await;
     assert_eq!(status, 403, "{html}");
-    let (status, _) = forged.api(reqwest::Method::POST, "keys", Some(json!({"name": "forged"}))).await;
+    let (status, _) = forged
+        .api(
+            reqwest::Method::POST,
+            "keys",
+            Some(json!({"name": "forged"})),
+        )
+        .await;
     assert_eq!(status, 403);
     let r = c
         .http
@@ -250,9 +279,14 @@ async fn state_changes_need_the_sessions_csrf_token_and_origin() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(s.app.directory.list_keys("acme").await.unwrap().len(), before);
+    assert_eq!(
+        s.app.directory.list_keys("acme").await.unwrap().len(),
+        before
+    );
     // The real token works.
-    let (status, k) = c.api(reqwest::Method::POST, "keys", Some(json!({"name": "real"}))).await;
+    let (status, k) = c
+        .api(reqwest::Method::POST, "keys", Some(json!({"name": "real"})))
+        .await;
     assert_eq!(status, 201, "{k}");
     assert!(k["apiKey"].as_str().unwrap().starts_with("cf_"));
     s.shutdown().await;
@@ -263,31 +297,53 @@ async fn another_tenants_pages_and_objects_answer_404() {
     let s = Server::start().await;
     let other = s.app.directory.create_key("globex", "g").await.unwrap();
     // An incident of globex.
-    let body = json!({"sourceAlertId": "g-1", "title": "globex only", "status": "firing"}).to_string();
+    let body =
+        json!({"sourceAlertId": "g-1", "title": "globex only", "status": "firing"}).to_string();
     let r = s
         .client
         .post(format!("{}/v1/webhooks/globex/generic", s.base))
         .header("content-type", "application/json")
         .header("x-api-key", &other.api_key)
-        .header("x-webhook-signature", sign(&other.webhook_secret, &[body.as_bytes()]))
+        .header(
+            "x-webhook-signature",
+            sign(&other.webhook_secret, &[body.as_bytes()]),
+        )
         .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["alerts"][0]["incidentId"].as_str().unwrap().to_owned();
+    let id = r.json::<Value>().await.unwrap()["alerts"][0]["incidentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let c = Console::sign_in(&s, "acme").await;
     // Globex's incident under acme's pages: not there. Globex's pages: not found either.
     assert_eq!(c.page(&format!("incidents/{id}")).await.0, 404);
-    let as_globex = Console { tenant: "globex".into(), ..c };
+    let as_globex = Console {
+        tenant: "globex".into(),
+        ..c
+    };
     assert_eq!(as_globex.page("incidents").await.0, 404);
     assert_eq!(as_globex.page(&format!("incidents/{id}")).await.0, 404);
-    assert_eq!(as_globex.api(reqwest::Method::GET, "keys", None).await.0, 404);
-    let c = Console { tenant: "acme".into(), ..as_globex };
+    assert_eq!(
+        as_globex.api(reqwest::Method::GET, "keys", None).await.0,
+        404
+    );
+    let c = Console {
+        tenant: "acme".into(),
+        ..as_globex
+    };
     // Globex's key id through acme's key actions: 404, and the key still works.
     let (status, _) = c.form(&format!("keys/{}/revoke", other.key_id), &[]).await;
     assert_eq!(status, 404);
-    let (status, _) = c.api(reqwest::Method::POST, &format!("keys/{}/revoke", other.key_id), None).await;
+    let (status, _) = c
+        .api(
+            reqwest::Method::POST,
+            &format!("keys/{}/revoke", other.key_id),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
     assert!(!s.app.directory.list_keys("globex").await.unwrap()[0].revoked);
     s.shutdown().await;
@@ -307,7 +363,10 @@ async fn sessions_end_by_sign_out_revoke_idle_and_age() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
     assert_eq!(c.page("incidents").await.0, 401);
 
     let c = Console::sign_in(&s, "acme").await;
@@ -320,7 +379,10 @@ async fn sessions_end_by_sign_out_revoke_idle_and_age() {
     let now = causeflow_shared::now_ms();
     let idle = causeflow_shared::console::SESSION_IDLE.as_millis() as i64;
     let age = causeflow_shared::console::SESSION_ABSOLUTE.as_millis() as i64;
-    for (secret, created, seen) in [("idle-session", now - idle - 5_000, now - idle - 5_000), ("old-session", now - age - 5_000, now - 1_000)] {
+    for (secret, created, seen) in [
+        ("idle-session", now - idle - 5_000, now - idle - 5_000),
+        ("old-session", now - age - 5_000, now - 1_000),
+    ] {
         let session = ConsoleSession {
             tenant_id: "acme".into(),
             csrf_token: "t".into(),
@@ -332,7 +394,10 @@ async fn sessions_end_by_sign_out_revoke_idle_and_age() {
             .create_session(&causeflow_sha256(secret), &session, now + age)
             .await
             .unwrap();
-        let stale = Console { cookie: format!("cf_console={secret}"), ..Console::sign_in(&s, "acme").await };
+        let stale = Console {
+            cookie: format!("cf_console={secret}"),
+            ..Console::sign_in(&s, "acme").await
+        };
         assert_eq!(stale.page("incidents").await.0, 401, "{secret}");
     }
     s.shutdown().await;
@@ -363,12 +428,21 @@ async fn sender_content_is_inert_and_pages_carry_a_strict_policy() {
             .send()
             .await
             .unwrap();
-        let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
-        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
         assert_eq!(r.headers()["x-frame-options"], "DENY");
         let html = r.text().await.unwrap();
         assert!(!html.contains("<img src=x"), "{path}");
-        assert!(html.contains("&#60;img src=x onerror=alert(1)&#62;"), "{path}");
+        assert!(
+            html.contains("&#60;img src=x onerror=alert(1)&#62;"),
+            "{path}"
+        );
         assert!(!html.contains("<script>alert"), "{path}");
         assert!(!html.contains("<svg"), "{path}");
         assert!(!html.contains("href=\"javascript:"), "{path}");
@@ -385,13 +459,23 @@ async fn the_management_api_manages_keys_agents_and_topics() {
     let s = Server::start().await;
     let c = Console::sign_in(&s, "acme").await;
     use reqwest::Method as M;
-    let (st, k) = c.api(M::POST, "keys", Some(json!({"name": "grafana"}))).await;
+    let (st, k) = c
+        .api(M::POST, "keys", Some(json!({"name": "grafana"})))
+        .await;
     assert_eq!(st, 201);
     let key_id = k["keyId"].as_str().unwrap().to_owned();
     let (st, list) = c.api(M::GET, "keys", None).await;
     assert_eq!(st, 200);
     // The harness's own key has not been used; after a webhook it has, to about a minute.
-    let used = |list: &Value, id: &str| list.as_array().unwrap().iter().find(|k| k["keyId"] == id).unwrap().get("lastUsedAt").cloned();
+    let used = |list: &Value, id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["keyId"] == id)
+            .unwrap()
+            .get("lastUsedAt")
+            .cloned()
+    };
     assert_eq!(used(&list, &s.key_id), None);
     s.generic("usage-1", "firing").await.expect(202);
     let mut tries = 0;
@@ -399,7 +483,12 @@ async fn the_management_api_manages_keys_agents_and_topics() {
         let (_, l) = c.api(M::GET, "keys", None).await;
         if let Some(at) = used(&l, &s.key_id) {
             let at = chrono::DateTime::parse_from_rfc3339(at.as_str().unwrap()).unwrap();
-            assert!((chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_seconds().abs() < 120);
+            assert!(
+                (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+                    .num_seconds()
+                    .abs()
+                    < 120
+            );
             break;
         }
         tries += 1;
@@ -409,37 +498,109 @@ async fn the_management_api_manages_keys_agents_and_topics() {
     let text = list.to_string();
     assert!(text.contains("grafana") && !text.contains(k["apiKey"].as_str().unwrap()));
     assert!(!text.contains(k["webhookSecret"].as_str().unwrap()));
-    let (st, r) = c.api(M::POST, &format!("keys/{key_id}/rotate-secret"), None).await;
+    let (st, r) = c
+        .api(M::POST, &format!("keys/{key_id}/rotate-secret"), None)
+        .await;
     assert_eq!(st, 200);
     assert_ne!(r["webhookSecret"], k["webhookSecret"]);
-    assert_eq!(c.api(M::POST, &format!("keys/{key_id}/retire-secret"), None).await.0, 204);
-    assert_eq!(c.api(M::PUT, &format!("keys/{key_id}/sentry-secret"), Some(json!({"clientSecret": "abc"}))).await.0, 204);
+    assert_eq!(
+        c.api(M::POST, &format!("keys/{key_id}/retire-secret"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        c.api(
+            M::PUT,
+            &format!("keys/{key_id}/sentry-secret"),
+            Some(json!({"clientSecret": "abc"}))
+        )
+        .await
+        .0,
+        204
+    );
     let (st, p) = c.api(M::POST, "keys", Some(json!({"name": ""}))).await;
     assert_eq!(st, 400);
     assert_eq!(p["code"], "invalid_payload");
     assert_eq!(c.api(M::POST, "keys", Some(json!({"nom": 1}))).await.0, 400);
-    assert_eq!(c.api(M::PUT, "agents", Some(json!({"critical": ["logs", "db-agent"], "low": []}))).await.0, 204);
+    assert_eq!(
+        c.api(
+            M::PUT,
+            "agents",
+            Some(json!({"critical": ["logs", "db-agent"], "low": []}))
+        )
+        .await
+        .0,
+        204
+    );
     let (_, a) = c.api(M::GET, "agents", None).await;
     assert_eq!(a, json!({"critical": ["logs", "db-agent"], "low": []}));
-    let (st, p) = c.api(M::PUT, "agents", Some(json!({"urgent": ["logs"]}))).await;
+    let (st, p) = c
+        .api(M::PUT, "agents", Some(json!({"urgent": ["logs"]})))
+        .await;
     assert_eq!((st, p["code"].as_str()), (400, Some("invalid_payload")));
-    assert_eq!(c.api(M::PUT, "agents", Some(json!({"high": ["Bad Name"]}))).await.0, 400);
+    assert_eq!(
+        c.api(M::PUT, "agents", Some(json!({"high": ["Bad Name"]})))
+            .await
+            .0,
+        400
+    );
     let arn = "arn:aws:sns:eu-west-1:123456789012:alarms";
-    assert_eq!(c.api(M::POST, "topics", Some(json!({"topicArn": arn}))).await.0, 204);
-    assert_eq!(c.api(M::GET, "topics", None).await.1, json!({"topicArns": [arn]}));
-    assert_eq!(c.api(M::POST, "topics", Some(json!({"topicArn": "nope"}))).await.0, 400);
-    assert_eq!(c.api(M::DELETE, &format!("topics?topicArn={arn}"), None).await.0, 204);
-    assert_eq!(c.api(M::GET, "topics", None).await.1, json!({"topicArns": []}));
+    assert_eq!(
+        c.api(M::POST, "topics", Some(json!({"topicArn": arn})))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        c.api(M::GET, "topics", None).await.1,
+        json!({"topicArns": [arn]})
+    );
+    assert_eq!(
+        c.api(M::POST, "topics", Some(json!({"topicArn": "nope"})))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        c.api(M::DELETE, &format!("topics?topicArn={arn}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        c.api(M::GET, "topics", None).await.1,
+        json!({"topicArns": []})
+    );
     assert_eq!(c.api(M::GET, "subscriptions", None).await, (200, json!([])));
-    let (st, t) = c.api(M::POST, "test-alert", Some(json!({"provider": "datadog"}))).await;
+    let (st, t) = c
+        .api(M::POST, "test-alert", Some(json!({"provider": "datadog"})))
+        .await;
     assert_eq!(st, 202, "{t}");
     let id = t["incidentId"].as_str().unwrap().to_owned();
     let i = s.wait_incident(&id, |_| true).await;
     assert!(i.test && i.agents.is_empty());
     assert_eq!(i.provider.as_str(), "datadog");
-    assert_eq!(c.api(M::POST, "test-alert", Some(json!({"provider": "nagios"}))).await.0, 404);
-    assert_eq!(c.api(M::POST, &format!("keys/{key_id}/revoke"), None).await.0, 204);
-    assert!(s.app.directory.list_keys("acme").await.unwrap().iter().any(|k| k.key_id == key_id && k.revoked));
+    assert_eq!(
+        c.api(M::POST, "test-alert", Some(json!({"provider": "nagios"})))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        c.api(M::POST, &format!("keys/{key_id}/revoke"), None)
+            .await
+            .0,
+        204
+    );
+    assert!(s
+        .app
+        .directory
+        .list_keys("acme")
+        .await
+        .unwrap()
+        .iter()
+        .any(|k| k.key_id == key_id && k.revoked));
     s.shutdown().await;
 }
 
@@ -482,7 +643,9 @@ async fn duplicates_are_counted_and_the_incidents_page_filters_and_pages() {
     assert!(rows.contains(&id));
     let (_, rows) = c.page("incidents?severity=low&fragment=rows").await;
     assert_eq!(rows.matches("<tr data-id=").count(), 0);
-    let (_, rows) = c.page("incidents?provider=generic&status=open&severity=high&fragment=rows").await;
+    let (_, rows) = c
+        .page("incidents?provider=generic&status=open&severity=high&fragment=rows")
+        .await;
     assert_eq!(rows.matches("<tr data-id=").count(), 50);
     assert_eq!(c.page("incidents?severity=urgent").await.0, 400);
     s.shutdown().await;
@@ -522,7 +685,9 @@ async fn driver() -> Driver {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("{bin} could not start ({e}): scripts/test installs Debian's chromium-driver"));
+        .unwrap_or_else(|e| {
+            panic!("{bin} could not start ({e}): scripts/test installs Debian's chromium-driver")
+        });
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -531,7 +696,10 @@ async fn driver() -> Driver {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "chromedriver did not answer within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not answer within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Driver { child, url }
@@ -586,8 +754,13 @@ async fn row_text(b: &fantoccini::Client, id: &str) -> Option<String> {
 }
 
 fn axe_js() -> String {
-    let path = std::env::var("AXE_JS")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/axe/node_modules/axe-core/axe.min.js").into());
+    let path = std::env::var("AXE_JS").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/axe/node_modules/axe-core/axe.min.js"
+        )
+        .into()
+    });
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("axe-core at {path} ({e}): scripts/test installs it with npm"))
 }
@@ -595,7 +768,10 @@ fn axe_js() -> String {
 /// Runs axe-core on the current page; panics on any serious or critical violation.
 async fn axe(b: &fantoccini::Client, page: &str, js: &str) {
     let found = axe_violations(b, js).await;
-    assert!(found.is_empty(), "{page}: accessibility violations {found:?}");
+    assert!(
+        found.is_empty(),
+        "{page}: accessibility violations {found:?}"
+    );
 }
 
 /// axe-core's serious and critical violations on the current page.
@@ -625,20 +801,54 @@ async fn the_whole_journey_in_a_real_browser() {
     // Sign in with a one-time link.
     let l = link(&s, "acme").await;
     b.goto(&l).await.unwrap();
-    b.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until("signed in", Duration::from_secs(10), || async {
-        b.current_url().await.map(|u| u.path().ends_with("/incidents")).unwrap_or(false)
+        b.current_url()
+            .await
+            .map(|u| u.path().ends_with("/incidents"))
+            .unwrap_or(false)
     })
     .await;
     axe(&b, "incidents (empty)", &axe_src).await;
     assert!(b.source().await.unwrap().contains("id=\"live\""));
 
     // Create a key: the key and secret are shown once, and gone after a reload.
-    b.goto(&format!("{}/console/t/acme/keys", s.base)).await.unwrap();
-    b.find(Locator::Id("key-name")).await.unwrap().send_keys("browser").await.unwrap();
-    b.find(Locator::Css("form[action$='/keys'] button")).await.unwrap().click().await.unwrap();
-    let api_key = b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Id("new-api-key")).await.unwrap().text().await.unwrap();
-    let secret = b.find(Locator::Id("new-secret")).await.unwrap().text().await.unwrap();
+    b.goto(&format!("{}/console/t/acme/keys", s.base))
+        .await
+        .unwrap();
+    b.find(Locator::Id("key-name"))
+        .await
+        .unwrap()
+        .send_keys("browser")
+        .await
+        .unwrap();
+    b.find(Locator::Css("form[action$='/keys'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let api_key = b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("new-api-key"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let secret = b
+        .find(Locator::Id("new-secret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(api_key.starts_with("cf_") && secret.starts_with("whsec_"));
     axe(&b, "keys (secret shown)", &axe_src).await;
     // The check can fail: an input with no label and no placeholder is a violation.
@@ -647,42 +857,99 @@ async fn the_whole_journey_in_a_real_browser() {
     assert!(found.iter().any(|v| v.starts_with("label")), "{found:?}");
     b.refresh().await.unwrap();
     let html = b.source().await.unwrap();
-    assert!(!html.contains(&api_key) && !html.contains(&secret), "the secret is shown again after a reload");
+    assert!(
+        !html.contains(&api_key) && !html.contains(&secret),
+        "the secret is shown again after a reload"
+    );
     assert!(html.contains("browser"));
-    let key_id = s.app.directory.list_keys("acme").await.unwrap().into_iter().find(|k| k.name == "browser").unwrap().key_id;
+    let key_id = s
+        .app
+        .directory
+        .list_keys("acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.name == "browser")
+        .unwrap()
+        .key_id;
 
     // The Incidents page in one window, Integrations in another.
     let incidents_window = b.window().await.unwrap();
-    b.goto(&format!("{}/console/t/acme/incidents", s.base)).await.unwrap();
-    b.execute("window.__sameDocument = true;", vec![]).await.unwrap();
+    b.goto(&format!("{}/console/t/acme/incidents", s.base))
+        .await
+        .unwrap();
+    b.execute("window.__sameDocument = true;", vec![])
+        .await
+        .unwrap();
     until("live indicator", Duration::from_secs(5), || async {
-        b.find(Locator::Css("#live[data-state='live']")).await.is_ok()
+        b.find(Locator::Css("#live[data-state='live']"))
+            .await
+            .is_ok()
     })
     .await;
     let other = b.new_window(true).await.unwrap();
     b.switch_to_window(other.handle.clone()).await.unwrap();
-    b.goto(&format!("{}/console/t/acme/integrations", s.base)).await.unwrap();
+    b.goto(&format!("{}/console/t/acme/integrations", s.base))
+        .await
+        .unwrap();
     axe(&b, "integrations", &axe_src).await;
-    b.find(Locator::LinkText("Generic webhook")).await.unwrap().click().await.unwrap();
-    let url = b.find(Locator::Id("webhook-url")).await.unwrap().text().await.unwrap();
+    b.find(Locator::LinkText("Generic webhook"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let url = b
+        .find(Locator::Id("webhook-url"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(url, format!("{}/v1/webhooks/acme/generic", s.base));
     axe(&b, "integration", &axe_src).await;
-    b.find(Locator::Css("form[data-test-alert] button")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("form[data-test-alert] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let sent = Instant::now();
-    let result = b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("#test-result a")).await.unwrap();
-    let id = result.text().await.unwrap().trim_start_matches("Open incident ").to_owned();
+    let result = b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#test-result a"))
+        .await
+        .unwrap();
+    let id = result
+        .text()
+        .await
+        .unwrap()
+        .trim_start_matches("Open incident ")
+        .to_owned();
     assert!(!id.is_empty());
 
     // It appears on the Incidents page within 2 s, without a reload.
     b.switch_to_window(incidents_window.clone()).await.unwrap();
-    until("the test incident on the Incidents page", Duration::from_secs(10), || async {
-        row_text(&b, &id).await.is_some()
-    })
+    until(
+        "the test incident on the Incidents page",
+        Duration::from_secs(10),
+        || async { row_text(&b, &id).await.is_some() },
+    )
     .await;
     // The page checks every 500 ms (stream) or 1 s (polling); the time is printed, not asserted,
     // so a busy machine cannot fail the suite.
-    eprintln!("shown without a reload {:?} after the alert was sent", sent.elapsed());
-    assert_eq!(b.execute("return window.__sameDocument === true;", vec![]).await.unwrap(), json!(true), "the page reloaded");
+    eprintln!(
+        "shown without a reload {:?} after the alert was sent",
+        sent.elapsed()
+    );
+    assert_eq!(
+        b.execute("return window.__sameDocument === true;", vec![])
+            .await
+            .unwrap(),
+        json!(true),
+        "the page reloaded"
+    );
 
     // A signed resolve from outside: shown resolved, still without a reload.
     let incident = s.wait_incident(&id, |_| true).await;
@@ -699,20 +966,43 @@ async fn the_whole_journey_in_a_real_browser() {
         .unwrap();
     assert_eq!(r.status(), 202);
     until("shown resolved", Duration::from_secs(10), || async {
-        row_text(&b, &id).await.is_some_and(|t| t.contains("resolved"))
+        row_text(&b, &id)
+            .await
+            .is_some_and(|t| t.contains("resolved"))
     })
     .await;
-    assert_eq!(b.execute("return window.__sameDocument === true;", vec![]).await.unwrap(), json!(true));
+    assert_eq!(
+        b.execute("return window.__sameDocument === true;", vec![])
+            .await
+            .unwrap(),
+        json!(true)
+    );
 
     // The incident page, and an alert whose title is markup: nothing runs.
     let body = json!({"sourceAlertId": "xss", "title": "<img src=x onerror=alert(1)>", "status": "firing", "links": ["javascript:alert(2)"]}).to_string();
-    let r = s.client.post(format!("{}/v1/webhooks/acme/generic", s.base))
-        .header("content-type", "application/json").header("x-api-key", &api_key)
-        .header("x-webhook-signature", sign(&secret, &[body.as_bytes()])).body(body).send().await.unwrap();
+    let r = s
+        .client
+        .post(format!("{}/v1/webhooks/acme/generic", s.base))
+        .header("content-type", "application/json")
+        .header("x-api-key", &api_key)
+        .header("x-webhook-signature", sign(&secret, &[body.as_bytes()]))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    let xss_id = r.json::<Value>().await.unwrap()["alerts"][0]["incidentId"].as_str().unwrap().to_owned();
-    until("the markup incident", Duration::from_secs(10), || async { row_text(&b, &xss_id).await.is_some() }).await;
-    assert!(row_text(&b, &xss_id).await.unwrap().contains("<img src=x onerror=alert(1)>"));
+    let xss_id = r.json::<Value>().await.unwrap()["alerts"][0]["incidentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until("the markup incident", Duration::from_secs(10), || async {
+        row_text(&b, &xss_id).await.is_some()
+    })
+    .await;
+    assert!(row_text(&b, &xss_id)
+        .await
+        .unwrap()
+        .contains("<img src=x onerror=alert(1)>"));
     // Times are shown in the viewer's time zone (the browser runs in Asia/Kolkata, UTC+5:30).
     let shown = b
         .execute(
@@ -725,63 +1015,167 @@ async fn the_whole_journey_in_a_real_browser() {
         .unwrap();
     assert_eq!(shown[0], shown[1], "{shown}");
     assert_eq!(shown[2], json!(-330), "{shown}");
-    b.goto(&format!("{}/console/t/acme/incidents/{xss_id}", s.base)).await.unwrap();
+    b.goto(&format!("{}/console/t/acme/incidents/{xss_id}", s.base))
+        .await
+        .unwrap();
     assert!(b.get_alert_text().await.is_err(), "a script ran");
-    assert_eq!(b.execute("return document.querySelectorAll('main img, main a[href^=\"javascript\"]').length;", vec![]).await.unwrap(), json!(0));
+    assert_eq!(
+        b.execute(
+            "return document.querySelectorAll('main img, main a[href^=\"javascript\"]').length;",
+            vec![]
+        )
+        .await
+        .unwrap(),
+        json!(0)
+    );
     axe(&b, "incident", &axe_src).await;
 
     // A forged CSRF token is refused.
-    b.goto(&format!("{}/console/t/acme/keys", s.base)).await.unwrap();
-    b.execute("document.querySelectorAll('input[name=_csrf]').forEach(i => i.value = 'forged');", vec![]).await.unwrap();
-    b.find(Locator::Css(&format!("form[action$='/keys/{key_id}/revoke'] button"))).await.unwrap().click().await.unwrap();
+    b.goto(&format!("{}/console/t/acme/keys", s.base))
+        .await
+        .unwrap();
+    b.execute(
+        "document.querySelectorAll('input[name=_csrf]').forEach(i => i.value = 'forged');",
+        vec![],
+    )
+    .await
+    .unwrap();
+    b.find(Locator::Css(&format!(
+        "form[action$='/keys/{key_id}/revoke'] button"
+    )))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
     until("refused", Duration::from_secs(10), || async {
-        b.source().await.map(|h| h.contains("Request refused")).unwrap_or(false)
+        b.source()
+            .await
+            .map(|h| h.contains("Request refused"))
+            .unwrap_or(false)
     })
     .await;
-    assert!(!s.app.directory.list_keys("acme").await.unwrap().iter().any(|k| k.key_id == key_id && k.revoked));
+    assert!(!s
+        .app
+        .directory
+        .list_keys("acme")
+        .await
+        .unwrap()
+        .iter()
+        .any(|k| k.key_id == key_id && k.revoked));
 
     // Revoke the key: a webhook with it gets 401.
-    b.goto(&format!("{}/console/t/acme/keys", s.base)).await.unwrap();
-    b.find(Locator::Css(&format!("form[action$='/keys/{key_id}/revoke'] button"))).await.unwrap().click().await.unwrap();
+    b.goto(&format!("{}/console/t/acme/keys", s.base))
+        .await
+        .unwrap();
+    b.find(Locator::Css(&format!(
+        "form[action$='/keys/{key_id}/revoke'] button"
+    )))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
     until("revoked", Duration::from_secs(10), || async {
-        b.source().await.map(|h| h.contains("revoked: webhooks sent with it now get 401")).unwrap_or(false)
+        b.source()
+            .await
+            .map(|h| h.contains("revoked: webhooks sent with it now get 401"))
+            .unwrap_or(false)
     })
     .await;
-    let body = json!({"sourceAlertId": "after-revoke", "title": "t", "status": "firing"}).to_string();
-    let r = s.client.post(format!("{}/v1/webhooks/acme/generic", s.base))
-        .header("content-type", "application/json").header("x-api-key", &api_key)
-        .header("x-webhook-signature", sign(&secret, &[body.as_bytes()])).body(body).send().await.unwrap();
+    let body =
+        json!({"sourceAlertId": "after-revoke", "title": "t", "status": "firing"}).to_string();
+    let r = s
+        .client
+        .post(format!("{}/v1/webhooks/acme/generic", s.base))
+        .header("content-type", "application/json")
+        .header("x-api-key", &api_key)
+        .header("x-webhook-signature", sign(&secret, &[body.as_bytes()]))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     // Settings: the tenant's agent table is editable.
-    b.goto(&format!("{}/console/t/acme/settings", s.base)).await.unwrap();
+    b.goto(&format!("{}/console/t/acme/settings", s.base))
+        .await
+        .unwrap();
     axe(&b, "settings", &axe_src).await;
-    b.find(Locator::Id("agents-critical")).await.unwrap().send_keys("logs, db-agent").await.unwrap();
-    b.find(Locator::Css("form[action$='/settings/agents'] button")).await.unwrap().click().await.unwrap();
-    until("saved", Duration::from_secs(10), || async { b.source().await.map(|h| h.contains("Agents saved.")).unwrap_or(false) }).await;
-    let o = causeflow_shared::ports::TenantSettings::agent_overrides(&s.app.directory, "acme").await.unwrap();
-    assert_eq!(o.0.get(&causeflow_shared::model::Severity::Critical).unwrap(), &vec!["logs".to_owned(), "db-agent".to_owned()]);
+    b.find(Locator::Id("agents-critical"))
+        .await
+        .unwrap()
+        .send_keys("logs, db-agent")
+        .await
+        .unwrap();
+    b.find(Locator::Css("form[action$='/settings/agents'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("saved", Duration::from_secs(10), || async {
+        b.source()
+            .await
+            .map(|h| h.contains("Agents saved."))
+            .unwrap_or(false)
+    })
+    .await;
+    let o = causeflow_shared::ports::TenantSettings::agent_overrides(&s.app.directory, "acme")
+        .await
+        .unwrap();
+    assert_eq!(
+        o.0.get(&causeflow_shared::model::Severity::Critical)
+            .unwrap(),
+        &vec!["logs".to_owned(), "db-agent".to_owned()]
+    );
 
     // A used sign-in link does not sign a new browser in.
     b.close().await.unwrap();
     let b = browser(&d, false, 375).await;
     b.goto(&l).await.unwrap();
-    b.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until("refused link", Duration::from_secs(10), || async {
-        b.source().await.map(|h| h.contains("used already or has expired")).unwrap_or(false)
+        b.source()
+            .await
+            .map(|h| h.contains("used already or has expired"))
+            .unwrap_or(false)
     })
     .await;
     // At 375 px the Incidents page fits the screen.
     b.goto(&l).await.unwrap();
     let l2 = link(&s, "acme").await;
     b.goto(&l2).await.unwrap();
-    b.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until("signed in", Duration::from_secs(10), || async {
-        b.current_url().await.map(|u| u.path().ends_with("/incidents")).unwrap_or(false)
+        b.current_url()
+            .await
+            .map(|u| u.path().ends_with("/incidents"))
+            .unwrap_or(false)
     })
     .await;
-    let fits = b.execute("return document.documentElement.scrollWidth <= window.innerWidth + 1;", vec![]).await.unwrap();
-    assert_eq!(fits, json!(true), "the Incidents page scrolls sideways at 375 px");
+    let fits = b
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fits,
+        json!(true),
+        "the Incidents page scrolls sideways at 375 px"
+    );
     b.close().await.unwrap();
     s.shutdown().await;
 }
@@ -798,11 +1192,41 @@ async fn screenshots_of_every_page() {
     let s = Server::start_with(|c| c.public_url = Some("https://alerts.example.com".into())).await;
     // Some realistic incidents.
     let samples = [
-        ("checkout-latency", "Checkout p99 latency above 2s", "critical", "checkout", "firing"),
-        ("db-disk", "Disk 91% full on db-1", "high", "postgres", "firing"),
-        ("queue-age", "Orders queue oldest message 4m", "medium", "orders", "firing"),
-        ("cert-expiry", "TLS certificate expires in 6 days", "low", "edge", "firing"),
-        ("api-5xx", "API 5xx rate above 2%", "high", "api", "resolved"),
+        (
+            "checkout-latency",
+            "Checkout p99 latency above 2s",
+            "critical",
+            "checkout",
+            "firing",
+        ),
+        (
+            "db-disk",
+            "Disk 91% full on db-1",
+            "high",
+            "postgres",
+            "firing",
+        ),
+        (
+            "queue-age",
+            "Orders queue oldest message 4m",
+            "medium",
+            "orders",
+            "firing",
+        ),
+        (
+            "cert-expiry",
+            "TLS certificate expires in 6 days",
+            "low",
+            "edge",
+            "firing",
+        ),
+        (
+            "api-5xx",
+            "API 5xx rate above 2%",
+            "high",
+            "api",
+            "resolved",
+        ),
     ];
     let mut last = String::new();
     for (id, title, sev, svc, status) in samples {
@@ -821,9 +1245,17 @@ async fn screenshots_of_every_page() {
         for width in [1280u32, 375] {
             let b = browser(&d, dark, width).await;
             b.goto(&link(&s, "acme").await).await.unwrap();
-            b.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+            b.find(Locator::Css("form button"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
             until("signed in", Duration::from_secs(10), || async {
-                b.current_url().await.map(|u| u.path().ends_with("/incidents")).unwrap_or(false)
+                b.current_url()
+                    .await
+                    .map(|u| u.path().ends_with("/incidents"))
+                    .unwrap_or(false)
             })
             .await;
             let theme = if dark { "dark" } else { "light" };
@@ -840,9 +1272,14 @@ async fn screenshots_of_every_page() {
                 if width == 375 && !matches!(name, "incidents" | "incident") {
                     continue;
                 }
-                b.goto(&format!("{}/console/t/acme/{path}", s.base)).await.unwrap();
+                b.goto(&format!("{}/console/t/acme/{path}", s.base))
+                    .await
+                    .unwrap();
                 until("times shown locally", Duration::from_secs(5), || async {
-                    b.execute("return document.readyState === 'complete';", vec![]).await.map(|v| v == json!(true)).unwrap_or(false)
+                    b.execute("return document.readyState === 'complete';", vec![])
+                        .await
+                        .map(|v| v == json!(true))
+                        .unwrap_or(false)
                 })
                 .await;
                 let png = b.screenshot().await.unwrap();
@@ -883,27 +1320,62 @@ async fn without_a_stream_the_incidents_page_polls() {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let d = driver().await;
     let b = browser(&d, false, 1280).await;
-    let l = create_sign_in_link(&s.app.sessions, "acme", Duration::from_secs(60), &base).await.unwrap();
+    let l = create_sign_in_link(&s.app.sessions, "acme", Duration::from_secs(60), &base)
+        .await
+        .unwrap();
     b.goto(&l).await.unwrap();
-    b.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     until("signed in", Duration::from_secs(10), || async {
-        b.current_url().await.map(|u| u.path().ends_with("/incidents")).unwrap_or(false)
+        b.current_url()
+            .await
+            .map(|u| u.path().ends_with("/incidents"))
+            .unwrap_or(false)
     })
     .await;
-    let live = b.find(Locator::Id("live")).await.unwrap().text().await.unwrap();
+    let live = b
+        .find(Locator::Id("live"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(live, "Live (checking every second)");
     assert!(!b.source().await.unwrap().contains("data-stream"));
-    assert_eq!(reqwest::get(format!("{base}/console/t/acme/incidents/stream")).await.unwrap().status(), 401);
-    b.execute("window.__sameDocument = true;", vec![]).await.unwrap();
+    assert_eq!(
+        reqwest::get(format!("{base}/console/t/acme/incidents/stream"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    b.execute("window.__sameDocument = true;", vec![])
+        .await
+        .unwrap();
     let r = s.generic("polled-1", "firing").await;
     r.expect(202);
     let id = r.incident_id();
     let sent = Instant::now();
-    until("the polled incident", Duration::from_secs(10), || async { row_text(&b, &id).await.is_some() }).await;
+    until("the polled incident", Duration::from_secs(10), || async {
+        row_text(&b, &id).await.is_some()
+    })
+    .await;
     // The page checks every 500 ms (stream) or 1 s (polling); the time is printed, not asserted,
     // so a busy machine cannot fail the suite.
-    eprintln!("shown without a reload {:?} after the alert was sent", sent.elapsed());
-    assert_eq!(b.execute("return window.__sameDocument === true;", vec![]).await.unwrap(), json!(true));
+    eprintln!(
+        "shown without a reload {:?} after the alert was sent",
+        sent.elapsed()
+    );
+    assert_eq!(
+        b.execute("return window.__sameDocument === true;", vec![])
+            .await
+            .unwrap(),
+        json!(true)
+    );
     b.close().await.unwrap();
     s.shutdown().await;
 }

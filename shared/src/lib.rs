@@ -6,10 +6,10 @@
 //! wire the same [`http::router`] and [`triage::Triage`] to AWS adapters ([`host::lambda`]).
 
 pub mod auth;
-#[cfg(feature = "console")]
-pub mod console;
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod deadletter;
 pub mod dedup;
 pub mod error;

@@ -159,7 +159,12 @@ impl IncidentPage {
     /// A filtered page: the matches among `examined` incidents read newest first. When the
     /// examination stopped at [`MAX_EXAMINED`] rows (`more` = rows remain), the cursor is the last
     /// examined id, so the next request goes on from there.
-    pub fn filtered(matches: Vec<Incident>, limit: usize, last_examined: Option<String>, more: bool) -> IncidentPage {
+    pub fn filtered(
+        matches: Vec<Incident>,
+        limit: usize,
+        last_examined: Option<String>,
+        more: bool,
+    ) -> IncidentPage {
         let mut page = IncidentPage::from_overfetch(matches, limit);
         if page.next_cursor.is_none() && more {
             page.next_cursor = last_examined;
@@ -347,8 +352,11 @@ pub trait ConsoleSessions: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Uses up the link: its tenant the first time before expiry, `None` ever after. Atomic: two
     /// concurrent redemptions of one link never both succeed.
-    async fn redeem_link(&self, token_hash: &str, now_ms: i64)
-        -> Result<Option<String>, StoreError>;
+    async fn redeem_link(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError>;
     /// Stores a new session; the store may forget it after `expires_at_ms`.
     async fn create_session(
         &self,
@@ -389,6 +397,9 @@ pub struct TaskRecord {
 /// The agent tasks recorded for an incident.
 #[async_trait]
 pub trait TaskLog: Send + Sync {
-    async fn tasks(&self, tenant_id: &str, incident_id: &str)
-        -> Result<Vec<TaskRecord>, StoreError>;
+    async fn tasks(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
 }

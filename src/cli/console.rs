@@ -21,7 +21,11 @@ pub struct ConsoleLinkArgs {
     ttl: Duration,
     /// The address browsers reach the console at: `causeflow serve`'s --public-url or address,
     /// or the stack's `ApiUrl` output.
-    #[arg(long, env = "CAUSEFLOW_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "CAUSEFLOW_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     public_url: String,
     #[command(flatten)]
     target: Target,
@@ -32,7 +36,8 @@ pub async fn console_link(args: ConsoleLinkArgs) -> Result<()> {
     if args.ttl.is_zero() || args.ttl > MAX_LINK_TTL {
         anyhow::bail!("--ttl: use 1s to 24h");
     }
-    causeflow_shared::host::embedded::validate_public_url(&args.public_url).map_err(anyhow::Error::msg)?;
+    causeflow_shared::host::embedded::validate_public_url(&args.public_url)
+        .map_err(anyhow::Error::msg)?;
     let sessions = open_sessions(&args.target).await?;
     let url = create_sign_in_link(sessions.as_ref(), &args.tenant, args.ttl, &args.public_url)
         .await

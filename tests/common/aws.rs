@@ -265,10 +265,16 @@ impl Stack {
         }
     }
 
+    /// Dedup records (the keys' last-use items that share the table are not counted).
     pub async fn dedup_items(&self) -> i32 {
         self.ddb
             .scan()
             .table_name(&self.refs["DedupTable"])
+            .filter_expression("NOT begins_with(pk, :use)")
+            .expression_attribute_values(
+                ":use",
+                aws_sdk_dynamodb::types::AttributeValue::S("#keyuse#".into()),
+            )
             .send()
             .await
             .unwrap()

@@ -13,6 +13,7 @@ mod item;
 mod ledger;
 mod sessions;
 mod subscriptions;
+mod usage;
 
 pub use config::{ConfigError, ConsoleLambdaConfig, IngestConfig, TriageConfig};
 pub use deadletters::SqsDeadLetters;
@@ -21,6 +22,7 @@ pub use incidents::{DynamoIncidents, DynamoTaskLog, SnsDispatcher};
 pub use ledger::{dedup_pk, DynamoDedupKeys, DynamoLedger};
 pub use sessions::DynamoSessions;
 pub use subscriptions::{DynamoSubscriptions, SnsApiConfirmer};
+pub use usage::DynamoKeyUsage;
 
 pub use aws_config::SdkConfig;
 pub use aws_sdk_dynamodb::Client as DynamoClient;

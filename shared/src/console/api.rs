@@ -96,7 +96,11 @@ pub async fn create_key(
     authorize(&st, &headers, &tenant, true).await?;
     let b = body(b)?;
     check_key_name(&b.name).map_err(ApiError::InvalidPayload)?;
-    let k = st.directory.create_key(&tenant, &b.name).await.map_err(invalid)?;
+    let k = st
+        .directory
+        .create_key(&tenant, &b.name)
+        .await
+        .map_err(invalid)?;
     Ok((
         StatusCode::CREATED,
         [(axum::http::header::CACHE_CONTROL, "no-store")],
@@ -134,7 +138,10 @@ pub async fn revoke_key(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, &tenant, true).await?;
     own_key(&st, &tenant, &key).await?;
-    st.directory.revoke_key(&tenant, &key).await.map_err(invalid)?;
+    st.directory
+        .revoke_key(&tenant, &key)
+        .await
+        .map_err(invalid)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -146,7 +153,11 @@ pub async fn rotate_secret(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, &tenant, true).await?;
     own_key(&st, &tenant, &key).await?;
-    let secret = st.directory.rotate_secret(&tenant, &key).await.map_err(invalid)?;
+    let secret = st
+        .directory
+        .rotate_secret(&tenant, &key)
+        .await
+        .map_err(invalid)?;
     Ok((
         [(axum::http::header::CACHE_CONTROL, "no-store")],
         Json(json!({"keyId": key, "webhookSecret": secret})),
@@ -162,7 +173,10 @@ pub async fn retire_secret(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, &tenant, true).await?;
     own_key(&st, &tenant, &key).await?;
-    st.directory.retire_secret(&tenant, &key).await.map_err(invalid)?;
+    st.directory
+        .retire_secret(&tenant, &key)
+        .await
+        .map_err(invalid)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -221,7 +235,16 @@ pub async fn put_agents(
     }
     let fields: HashMap<String, String> = b
         .into_iter()
-        .map(|(k, v)| (k, if v.is_empty() { "none".into() } else { v.join(",") }))
+        .map(|(k, v)| {
+            (
+                k,
+                if v.is_empty() {
+                    "none".into()
+                } else {
+                    v.join(",")
+                },
+            )
+        })
         .collect();
     let o = super::pages::parse_agents(&fields).map_err(ApiError::InvalidPayload)?;
     st.directory
@@ -311,7 +334,9 @@ pub async fn test_alert(
     let b = body(b)?;
     let provider = match b.provider.as_deref() {
         None => Provider::Generic,
-        Some(p) => p.parse::<Provider>().map_err(|_| ApiError::UnknownProvider(p.to_owned()))?,
+        Some(p) => p
+            .parse::<Provider>()
+            .map_err(|_| ApiError::UnknownProvider(p.to_owned()))?,
     };
     let r = send_test_alert(&st, &tenant, provider).await?;
     let id = r.incident_id.clone().unwrap_or_default();

@@ -4,8 +4,8 @@
 //! CSRF token. See docs/console.md.
 
 mod api;
-mod guide;
 mod assets;
+mod guide;
 mod pages;
 mod session;
 mod views;
@@ -71,14 +71,29 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
     Router::new()
         .route("/console", get(pages::home))
         .route("/console/", get(pages::home))
-        .route("/console/signin", get(pages::sign_in_form).post(pages::sign_in))
+        .route(
+            "/console/signin",
+            get(pages::sign_in_form).post(pages::sign_in),
+        )
         .route("/console/signout", post(pages::sign_out))
         .route("/console/assets/{name}", get(assets::serve))
         .route("/console/t/{tenant}/incidents", get(pages::incidents))
-        .route("/console/t/{tenant}/incidents/stream", get(pages::incident_stream))
-        .route("/console/t/{tenant}/incidents/{incident}", get(pages::incident))
-        .route("/console/t/{tenant}/keys", get(pages::keys).post(pages::create_key))
-        .route("/console/t/{tenant}/keys/{key}/{action}", post(pages::key_action))
+        .route(
+            "/console/t/{tenant}/incidents/stream",
+            get(pages::incident_stream),
+        )
+        .route(
+            "/console/t/{tenant}/incidents/{incident}",
+            get(pages::incident),
+        )
+        .route(
+            "/console/t/{tenant}/keys",
+            get(pages::keys).post(pages::create_key),
+        )
+        .route(
+            "/console/t/{tenant}/keys/{key}/{action}",
+            post(pages::key_action),
+        )
         .route("/console/t/{tenant}/integrations", get(pages::integrations))
         .route(
             "/console/t/{tenant}/integrations/{provider}",
@@ -93,21 +108,44 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
             post(pages::topic_action),
         )
         .route("/console/t/{tenant}/settings", get(pages::settings))
-        .route("/console/t/{tenant}/settings/agents", post(pages::save_agents))
-        .route("/v1/tenants/{tenant}/keys", get(api::list_keys).post(api::create_key))
-        .route("/v1/tenants/{tenant}/keys/{key}/revoke", post(api::revoke_key))
-        .route("/v1/tenants/{tenant}/keys/{key}/rotate-secret", post(api::rotate_secret))
-        .route("/v1/tenants/{tenant}/keys/{key}/retire-secret", post(api::retire_secret))
+        .route(
+            "/console/t/{tenant}/settings/agents",
+            post(pages::save_agents),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys",
+            get(api::list_keys).post(api::create_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/revoke",
+            post(api::revoke_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/rotate-secret",
+            post(api::rotate_secret),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/retire-secret",
+            post(api::retire_secret),
+        )
         .route(
             "/v1/tenants/{tenant}/keys/{key}/sentry-secret",
             axum::routing::put(api::set_sentry_secret),
         )
-        .route("/v1/tenants/{tenant}/agents", get(api::get_agents).put(api::put_agents))
+        .route(
+            "/v1/tenants/{tenant}/agents",
+            get(api::get_agents).put(api::put_agents),
+        )
         .route(
             "/v1/tenants/{tenant}/topics",
-            get(api::list_topics).post(api::add_topic).delete(api::remove_topic),
+            get(api::list_topics)
+                .post(api::add_topic)
+                .delete(api::remove_topic),
         )
-        .route("/v1/tenants/{tenant}/subscriptions", get(api::list_subscriptions))
+        .route(
+            "/v1/tenants/{tenant}/subscriptions",
+            get(api::list_subscriptions),
+        )
         .route("/v1/tenants/{tenant}/test-alert", post(api::test_alert))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
@@ -117,7 +155,10 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
 /// script and style (no inline script, so injected markup cannot run), no framing, no referrer
 /// to other sites (sign-in links carry a token; `no-referrer` would also make browsers send
 /// `Origin: null` on our own forms), and pages never cached unless they say otherwise.
-async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn security_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::http::{header, HeaderValue};
     let mut res = next.run(req).await;
     let h = res.headers_mut();
@@ -128,8 +169,14 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -161,7 +208,10 @@ pub async fn send_test_alert(
         test: true,
         unsigned: false,
     };
-    alert.set_title(&format!("Test alert from the console ({})", provider.as_str()));
+    alert.set_title(&format!(
+        "Test alert from the console ({})",
+        provider.as_str()
+    ));
     let mut results = state
         .ledger
         .admit(tenant, provider, &[alert], chrono::Utc::now())

@@ -36,7 +36,11 @@ fn render(t: &impl Template) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             warn!(error = %e, "console template failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
         }
     }
 }
@@ -161,7 +165,11 @@ pub async fn home(State(st): St, headers: HeaderMap) -> Response {
         Ok(Ok((_, s))) => {
             Redirect::to(&format!("/console/t/{}/incidents", s.tenant_id)).into_response()
         }
-        Ok(Err(_)) => sign_in_help(StatusCode::UNAUTHORIZED, "Sign in", "You are not signed in."),
+        Ok(Err(_)) => sign_in_help(
+            StatusCode::UNAUTHORIZED,
+            "Sign in",
+            "You are not signed in.",
+        ),
         Err(e) => unavailable(e),
     }
 }
@@ -291,7 +299,10 @@ impl ListParams {
         };
         let provider = match nonempty(&self.provider) {
             None => None,
-            Some(p) => Some(p.parse::<Provider>().map_err(|_| format!("provider {p:?}"))?),
+            Some(p) => Some(
+                p.parse::<Provider>()
+                    .map_err(|_| format!("provider {p:?}"))?,
+            ),
         };
         let text = nonempty(&self.q).map(|t| t.chars().take(200).collect());
         Ok(IncidentQuery {
@@ -349,7 +360,11 @@ pub async fn incidents(
         Err(e) => return unavailable(e),
     };
     let rows = Rows {
-        rows: page.incidents.iter().map(|i| Row::new(&tenant, i)).collect(),
+        rows: page
+            .incidents
+            .iter()
+            .map(|i| Row::new(&tenant, i))
+            .collect(),
     };
     if p.fragment.as_deref() == Some("rows") {
         return render(&rows);
@@ -454,7 +469,10 @@ pub async fn incident_stream(
             match newest_digest(&st, &tenant).await {
                 Ok(d) if d != last => {
                     let ev = SseEvent::default().event("changed").data("incidents");
-                    return Some((Ok::<_, std::convert::Infallible>(ev), (st, tenant, d, start)));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (st, tenant, d, start),
+                    ));
                 }
                 Ok(_) => {}
                 // A store hiccup ends this stream; the browser reconnects.
@@ -638,10 +656,12 @@ pub async fn key_action(
     }
     let d = &st.directory;
     let result = match action.as_str() {
-        "revoke" => d
-            .revoke_key(&tenant, &key)
-            .await
-            .map(|_| (None, format!("Key {key} revoked: webhooks sent with it now get 401."))),
+        "revoke" => d.revoke_key(&tenant, &key).await.map(|_| {
+            (
+                None,
+                format!("Key {key} revoked: webhooks sent with it now get 401."),
+            )
+        }),
         "rotate" => d.rotate_secret(&tenant, &key).await.map(|secret| {
             (
                 Some(Shown {
@@ -653,10 +673,12 @@ pub async fn key_action(
                 "The old secret keeps verifying until you retire it.".to_owned(),
             )
         }),
-        "retire" => d
-            .retire_secret(&tenant, &key)
-            .await
-            .map(|_| (None, format!("The old webhook secret of {key} no longer verifies."))),
+        "retire" => d.retire_secret(&tenant, &key).await.map(|_| {
+            (
+                None,
+                format!("The old webhook secret of {key} no longer verifies."),
+            )
+        }),
         "sentry" => {
             let secret = f.as_ref().and_then(|f| f.secret.as_deref()).unwrap_or("");
             d.set_sentry_secret(&tenant, &key, secret)
@@ -679,7 +701,9 @@ fn auth_line(p: Provider) -> &'static str {
     match p {
         Provider::Datadog => "API key header",
         Provider::Grafana | Provider::Sentry | Provider::Generic => "API key and HMAC signature",
-        Provider::Cloudwatch => "SNS signature with credentials, an allow-listed topic, or the forwarder",
+        Provider::Cloudwatch => {
+            "SNS signature with credentials, an allow-listed topic, or the forwarder"
+        }
         Provider::Alertmanager => "API key as a Bearer token",
         Provider::Pagerduty => "API key as the routing key",
     }
@@ -743,7 +767,11 @@ async fn integration_page(
     error: Option<String>,
 ) -> Response {
     let tenant = &s.tenant_id;
-    let url = format!("{}/v1/webhooks/{tenant}/{}", base_url(st, headers), p.as_str());
+    let url = format!(
+        "{}/v1/webhooks/{tenant}/{}",
+        base_url(st, headers),
+        p.as_str()
+    );
     let cloudwatch = if p == Provider::Cloudwatch {
         let topics = match super::api::topics_of(st, tenant).await {
             Ok(t) => t,
@@ -943,16 +971,20 @@ pub async fn save_agents(
     form: Result<Form<std::collections::HashMap<String, String>>, FormRejection>,
 ) -> Response {
     let fields = form.map(|Form(f)| f).unwrap_or_default();
-    let s = match guard_form(&st, &headers, &tenant, fields.get("_csrf").map(String::as_str)).await
+    let s = match guard_form(
+        &st,
+        &headers,
+        &tenant,
+        fields.get("_csrf").map(String::as_str),
+    )
+    .await
     {
         Ok(s) => s,
         Err(r) => return r,
     };
     match parse_agents(&fields) {
         Ok(o) => match st.directory.set_agent_overrides(&tenant, &o).await {
-            Ok(()) => {
-                settings_page(&st, &s, &headers, Some("Agents saved.".into()), None).await
-            }
+            Ok(()) => settings_page(&st, &s, &headers, Some("Agents saved.".into()), None).await,
             Err(StoreError::Invalid(e)) => settings_page(&st, &s, &headers, None, Some(e)).await,
             Err(e) => unavailable(e),
         },

@@ -41,7 +41,9 @@ pub async fn create_sign_in_link(
     crate::validate::check_tenant_id(tenant)?;
     let token = random_token(32);
     let expires = crate::now_ms() + ttl.as_millis() as i64;
-    sessions.create_link(tenant, &digest(&token), expires).await?;
+    sessions
+        .create_link(tenant, &digest(&token), expires)
+        .await?;
     Ok(format!(
         "{}/console/signin?token={token}",
         base_url.trim_end_matches('/')
@@ -62,7 +64,9 @@ pub async fn start(
         last_seen_ms: now,
     };
     let expires = now + SESSION_ABSOLUTE.as_millis() as i64;
-    sessions.create_session(&digest(&secret), &s, expires).await?;
+    sessions
+        .create_session(&digest(&secret), &s, expires)
+        .await?;
     Ok((secret, s))
 }
 
@@ -227,11 +231,26 @@ mod tests {
     fn cross_site_requests_are_refused() {
         let host = ("host", "127.0.0.1:8080");
         assert!(same_origin(&headers(&[host])));
-        assert!(same_origin(&headers(&[host, ("origin", "http://127.0.0.1:8080")])));
-        assert!(!same_origin(&headers(&[host, ("origin", "https://evil.example")])));
-        assert!(!same_origin(&headers(&[host, ("sec-fetch-site", "cross-site")])));
-        assert!(!same_origin(&headers(&[host, ("sec-fetch-site", "same-site")])));
-        assert!(!same_origin(&headers(&[("origin", "http://127.0.0.1:8080")])));
+        assert!(same_origin(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8080")
+        ])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("origin", "https://evil.example")
+        ])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(!same_origin(&headers(&[
+            host,
+            ("sec-fetch-site", "same-site")
+        ])));
+        assert!(!same_origin(&headers(&[(
+            "origin",
+            "http://127.0.0.1:8080"
+        )])));
     }
 
     #[test]

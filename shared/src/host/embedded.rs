@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::auth::IssuedKey;
+use crate::console::{ConsoleConfig, ConsoleState, HostKind, LiveMode};
 use crate::dedup::DedupConfig;
 use crate::error::StoreError;
 use crate::http::server::{self, ServerLimits};
@@ -21,7 +22,6 @@ use crate::sqlite::{
     Db, SqliteDirectory, SqliteDispatcher, SqliteIncidents, SqliteLedger, SqliteQueue,
     SqliteSessions, SqliteSubscriptions,
 };
-use crate::console::{ConsoleConfig, ConsoleState, HostKind, LiveMode};
 use crate::triage::Triage;
 
 /// Settings of the one-machine host.
@@ -252,13 +252,7 @@ impl Embedded {
 
         let addr: Option<SocketAddr> = listener.local_addr().ok();
         info!(?addr, db = %self.config.db_path.display(), "causeflow serve listening");
-        let served = server::serve(
-            listener,
-            self.router(),
-            self.config.limits,
-            shutdown,
-        )
-        .await;
+        let served = server::serve(listener, self.router(), self.config.limits, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = triage.await;
         if let Some(d) = delivery {

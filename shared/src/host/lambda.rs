@@ -44,6 +44,9 @@ pub fn ingest_state_with(
         },
     );
     state.max_alerts = config.max_alerts;
+    state.usage = Some(crate::http::UsageRecorder::new(Arc::new(
+        crate::aws::DynamoKeyUsage::new(ddb.clone(), &config.dedup_table),
+    )));
     state.sns = Some(crate::http::SnsSupport {
         certs: crate::sns::CertCache::new(https),
         confirmer: Arc::new(SnsApiConfirmer::new(sdk)),
@@ -102,12 +105,14 @@ pub fn console_state(
             &config.subscriptions_table,
         )),
         tasks: Arc::new(crate::aws::DynamoTaskLog::new(
-            ddb,
+            ddb.clone(),
             &config.incidents_table,
             &config.dispatch_table,
         )),
-        // Set below, once the AWS KeyUsage store exists.
-        usage: None,
+        usage: Some(Arc::new(crate::aws::DynamoKeyUsage::new(
+            ddb,
+            &config.dedup_table,
+        ))),
         config: ConsoleConfig {
             public_url: config.public_url.clone(),
             // API Gateway and Lambda answer each request and close it: no event stream.

@@ -28,7 +28,9 @@ fn decode(json: String) -> Result<Incident, StoreError> {
 
 fn get(c: &Connection, tenant: &str, id: &str) -> Result<Option<Incident>, StoreError> {
     let row = c
-        .prepare_cached(&format!("{SELECT} WHERE i.tenant_id = ?1 AND i.incident_id = ?2"))?
+        .prepare_cached(&format!(
+            "{SELECT} WHERE i.tenant_id = ?1 AND i.incident_id = ?2"
+        ))?
         .query_row(params![tenant, id], row)
         .optional()?;
     row.map(with_duplicates).transpose()
@@ -162,7 +164,8 @@ impl IncidentStore for SqliteIncidents {
                 let sql = list_sql(status.is_some());
                 let mut st = c.prepare_cached(&sql)?;
                 if !q.filters() {
-                    let rows = st.query_map(params![t, status, q.cursor, (limit + 1) as i64], row)?;
+                    let rows =
+                        st.query_map(params![t, status, q.cursor, (limit + 1) as i64], row)?;
                     let incidents = rows
                         .map(|r| with_duplicates(r?))
                         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -347,8 +350,10 @@ impl crate::ports::TaskLog for SqliteDispatcher {
                 let rows = st.query_map(params![t, i], |r| {
                     let delivered: Option<i64> = r.get(4)?;
                     let created: i64 = r.get(5)?;
-                    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(delivered.unwrap_or(created))
-                        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(
+                        delivered.unwrap_or(created),
+                    )
+                    .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
                     Ok(crate::ports::TaskRecord {
                         task_id: r.get(0)?,
                         agent: r.get(1)?,
@@ -385,8 +390,10 @@ mod tests {
         for by_status in [false, true] {
             let plan: Vec<String> = db
                 .read(move |c| {
-                    let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {}", list_sql(by_status)))?;
-                    let rows = st.query_map(params!["t", "open", "inc_x", 51], |r| r.get::<_, String>(3))?;
+                    let mut st =
+                        c.prepare(&format!("EXPLAIN QUERY PLAN {}", list_sql(by_status)))?;
+                    let rows =
+                        st.query_map(params!["t", "open", "inc_x", 51], |r| r.get::<_, String>(3))?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
                 })
                 .await

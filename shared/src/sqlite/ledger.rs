@@ -51,7 +51,12 @@ fn release(c: &Connection, t: &str, p: &str, id: &str) -> Result<(), StoreError>
 }
 
 /// A 409 is counted in the commit that answers it: one small upsert, no extra fsync.
-fn count_duplicate(c: &Connection, tenant: &str, incident_id: &str, now: i64) -> Result<(), StoreError> {
+fn count_duplicate(
+    c: &Connection,
+    tenant: &str,
+    incident_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO duplicates(tenant_id, incident_id, count, last_seen) VALUES (?1, ?2, 1, ?3)
          ON CONFLICT(tenant_id, incident_id) DO UPDATE SET count = count + 1,

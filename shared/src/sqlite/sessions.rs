@@ -77,7 +77,14 @@ impl ConsoleSessions for SqliteSessions {
                 c.execute(
                     "INSERT INTO console_sessions(session_hash, tenant_id, csrf_token, created_at,
                         last_seen, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![h, s.tenant_id, s.csrf_token, s.created_at_ms, s.last_seen_ms, expires_at_ms],
+                    params![
+                        h,
+                        s.tenant_id,
+                        s.csrf_token,
+                        s.created_at_ms,
+                        s.last_seen_ms,
+                        expires_at_ms
+                    ],
                 )?;
                 Ok(())
             })
