@@ -198,6 +198,49 @@ async fn over_https_the_cookie_is_secure_and_host_only() {
     s.shutdown().await;
 }
 
+#[tokio::test]
+async fn live_streams_are_capped_per_tenant_and_end_at_shutdown() {
+    let s = Server::start().await;
+    let c = Console::sign_in(&s, "acme").await;
+    let open = || async {
+        c.http
+            .get(format!("{}/console/t/acme/incidents/stream", c.base))
+            .header("cookie", &c.cookie)
+            .send()
+            .await
+            .unwrap()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..causeflow_shared::console::MAX_STREAMS_PER_TENANT {
+        let r = open().await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        streams.push(r);
+    }
+    assert_eq!(open().await.status(), 429, "one stream too many");
+    // An incident made now reaches the open streams as a `changed` event.
+    s.generic("streamed-1", "firing").await.expect(202);
+    let mut first = streams.pop().unwrap();
+    let chunk = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut seen = String::new();
+        while !seen.contains("event: changed") {
+            match first.chunk().await.unwrap() {
+                Some(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                None => break,
+            }
+        }
+        seen
+    })
+    .await
+    .expect("a changed event within 30 s");
+    assert!(chunk.contains("event: changed"), "{chunk}");
+    // Shutdown ends the open streams instead of waiting out their lifetime.
+    tokio::time::timeout(Duration::from_secs(30), s.shutdown())
+        .await
+        .expect("shutdown waited on open event streams");
+    drop(streams);
+}
+
 fn causeflow_sha256(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
@@ -1309,6 +1352,7 @@ async fn without_a_stream_the_incidents_page_polls() {
         subscriptions: c.subscriptions.clone(),
         tasks: c.tasks.clone(),
         usage: c.usage.clone(),
+        runtime: Default::default(),
         config: causeflow_shared::console::ConsoleConfig {
             live: LiveMode::Poll,
             ..c.config.clone()

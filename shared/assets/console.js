@@ -79,10 +79,21 @@
     var stream = region.getAttribute("data-stream");
     if (stream && window.EventSource) {
       var es = new EventSource(stream);
-      es.addEventListener("open", function () { state("live", "Live"); });
+      // Anything that changed while the stream was down is fetched as it (re)opens.
+      es.addEventListener("open", function () { state("live", "Live"); refresh(); });
       es.addEventListener("changed", refresh);
-      es.addEventListener("error", function () { state("retrying", "Reconnecting…"); });
+      es.addEventListener("error", function () {
+        if (es.readyState === EventSource.CLOSED) {
+          // Refused (too many live pages, or signed out): poll instead.
+          poll();
+        } else {
+          state("retrying", "Reconnecting…");
+        }
+      });
     } else {
+      poll();
+    }
+    function poll() {
       state("live", "Live (checking every second)");
       setInterval(function () { if (!document.hidden) refresh(); }, 1000);
     }

@@ -3,12 +3,19 @@
 
 use crate::error::StoreError;
 
-/// A Sentry client secret as stored: trimmed, and never empty.
+/// Longest Sentry client secret accepted (Sentry's are 64 hex characters).
+pub const MAX_SENTRY_SECRET: usize = 512;
+
+/// A Sentry client secret as stored: trimmed, never empty, and bounded.
 pub fn clean_sentry_secret(secret: &str) -> Result<String, StoreError> {
     match secret.trim() {
         "" => Err(StoreError::Invalid(
             "the Sentry client secret is empty".into(),
         )),
+        s if s.len() > MAX_SENTRY_SECRET => Err(StoreError::Invalid(format!(
+            "the Sentry client secret is {} bytes long; Sentry's are 64 characters (at most {MAX_SENTRY_SECRET} accepted)",
+            s.len()
+        ))),
         s => Ok(s.to_owned()),
     }
 }

@@ -182,7 +182,12 @@ impl IncidentStore for DynamoIncidents {
         }
         req = req.key_condition_expression(cond);
         if !q.filters() {
-            let items = req.into_paginator().items().send();
+            // One page of one more than asked: DynamoDB reads no further than it returns.
+            let items = req
+                .limit((limit + 1) as i32)
+                .into_paginator()
+                .items()
+                .send();
             let mut items = std::pin::pin!(items);
             let mut incidents = Vec::new();
             // Pull one more than asked to learn whether there is a next page.

@@ -80,9 +80,13 @@ impl KeyUsage for DynamoKeyUsage {
                     .build()
                     .map_err(|e| StoreError::Invalid(e.to_string()))?,
             );
-            // Unprocessed keys are asked for again, a bounded number of times.
-            for _ in 0..5 {
+            // Unprocessed keys (throttling) are asked for again with backoff, a bounded number
+            // of times; keys still unread then are an error, not "never used".
+            for attempt in 0..5u32 {
                 let Some(req) = request.take() else { break };
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+                }
                 let got = self
                     .ddb
                     .batch_get_item()
@@ -105,6 +109,11 @@ impl KeyUsage for DynamoKeyUsage {
                     .unprocessed_keys
                     .and_then(|mut u| u.remove(&self.table))
                     .filter(|k| !k.keys.is_empty());
+            }
+            if request.is_some() {
+                return Err(StoreError::Unavailable(
+                    "read key use: keys left unprocessed after 5 attempts".into(),
+                ));
             }
         }
         Ok(out)

@@ -38,7 +38,9 @@ async fn authorize(
     };
     if write {
         let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-        if !session::same_origin(headers) || !session::csrf_ok(sent, &s) {
+        if !session::same_origin(headers, st.config.public_url.as_deref())
+            || !session::csrf_ok(sent, &s)
+        {
             return Err(ApiError::CsrfRejected);
         }
     }
@@ -71,6 +73,41 @@ pub(super) fn check_key_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `Err(why)` when the tenant holds [`super::MAX_KEYS_PER_TENANT`] keys already.
+pub(super) async fn room_for_key(
+    st: &ConsoleState,
+    tenant: &str,
+) -> Result<Result<(), String>, StoreError> {
+    let n = st.directory.list_keys(tenant).await?.len();
+    Ok(if n >= super::MAX_KEYS_PER_TENANT {
+        Err(format!(
+            "This tenant has {n} keys, the most it may hold; revoked keys count too. Ask an \
+             operator to remove old ones."
+        ))
+    } else {
+        Ok(())
+    })
+}
+
+/// `Err(why)` when `topic` is new and the allow-list is full.
+pub(super) async fn room_for_topic(
+    st: &ConsoleState,
+    tenant: &str,
+    topic: &str,
+) -> Result<Result<(), String>, StoreError> {
+    let topics = topics_of(st, tenant).await?;
+    Ok(
+        if topics.len() >= super::MAX_TOPICS_PER_TENANT && !topics.iter().any(|t| t == topic) {
+            Err(format!(
+                "The allow-list holds {} topics, the most it may; remove one first.",
+                topics.len()
+            ))
+        } else {
+            Ok(())
+        },
+    )
+}
+
 /// `GET /v1/tenants/{t}/keys`: the tenant's keys, never their secrets.
 pub async fn list_keys(
     State(st): St,
@@ -96,6 +133,9 @@ pub async fn create_key(
     authorize(&st, &headers, &tenant, true).await?;
     let b = body(b)?;
     check_key_name(&b.name).map_err(ApiError::InvalidPayload)?;
+    room_for_key(&st, &tenant)
+        .await?
+        .map_err(ApiError::InvalidPayload)?;
     let k = st
         .directory
         .create_key(&tenant, &b.name)
@@ -284,6 +324,9 @@ pub async fn add_topic(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, &tenant, true).await?;
     let b = body(b)?;
+    room_for_topic(&st, &tenant, &b.topic_arn)
+        .await?
+        .map_err(ApiError::InvalidPayload)?;
     st.directory
         .allow_topic(&tenant, &b.topic_arn, true)
         .await
@@ -338,6 +381,10 @@ pub async fn test_alert(
             .parse::<Provider>()
             .map_err(|_| ApiError::UnknownProvider(p.to_owned()))?,
     };
+    st.runtime
+        .test_alerts
+        .check(&tenant, 1)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let r = send_test_alert(&st, &tenant, provider).await?;
     let id = r.incident_id.clone().unwrap_or_default();
     Ok((

@@ -19,9 +19,8 @@ fn h(name: &'static str, value: &str) -> HeaderLine {
 
 const KEY: &str = "your API key (Settings > API keys)";
 
-/// The set-up of `p` for `url`. `aws`: the stack (its keys are made here, not by `serve`).
-pub fn guide(p: Provider, url: &str, aws: bool) -> Guide {
-    let _ = aws;
+/// The set-up of `p` for `url`.
+pub fn guide(p: Provider, url: &str) -> Guide {
     let signed_curl = |body: &str| {
         format!(
             "body='{body}'\n\

@@ -34,7 +34,7 @@ pub enum LiveMode {
     Poll,
 }
 
-/// Which host serves the console: decides the wording of set-up steps and what is counted.
+/// Which host serves the console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKind {
     Embedded,
@@ -63,6 +63,90 @@ pub struct ConsoleState {
     /// Keys' last use, where the host records it.
     pub usage: Option<Arc<dyn KeyUsage>>,
     pub config: ConsoleConfig,
+    /// Per-process state: open event streams, the test-alert budget, shutdown.
+    pub runtime: ConsoleRuntime,
+}
+
+/// Event streams a tenant may hold open at once; more are refused and those pages poll.
+pub const MAX_STREAMS_PER_TENANT: usize = 20;
+/// Keys a tenant may hold (revoked ones included); the console refuses to make more.
+pub const MAX_KEYS_PER_TENANT: usize = 100;
+/// Topics on a tenant's allow-list.
+pub const MAX_TOPICS_PER_TENANT: usize = 100;
+
+/// What the console keeps in memory for one process.
+pub struct ConsoleRuntime {
+    closing: tokio::sync::watch::Sender<bool>,
+    /// Send test alert: 1 a second per tenant, bursts of 5; each makes an incident.
+    pub(crate) test_alerts: crate::http::RateLimiter,
+    streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Default for ConsoleRuntime {
+    fn default() -> Self {
+        ConsoleRuntime {
+            closing: tokio::sync::watch::Sender::new(false),
+            test_alerts: crate::http::RateLimiter::new(RateLimit {
+                per_sec: 1.0,
+                burst: 5.0,
+            }),
+            streams: Default::default(),
+        }
+    }
+}
+
+impl ConsoleRuntime {
+    /// Ends every open event stream (the server is shutting down).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+}
+
+/// A slot for one more event stream of `tenant`, released when the returned guard drops.
+pub(crate) fn open_stream(state: &Arc<ConsoleState>, tenant: &str) -> Option<StreamSlot> {
+    {
+        let mut m = state
+            .runtime
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(tenant.to_owned()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_TENANT {
+            return None;
+        }
+        *n += 1;
+    }
+    Some(StreamSlot {
+        state: state.clone(),
+        tenant: tenant.to_owned(),
+    })
+}
+
+/// One open event stream; dropping it frees the slot.
+pub(crate) struct StreamSlot {
+    state: Arc<ConsoleState>,
+    tenant: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .state
+            .runtime
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// The console's routes: pages under `/console`, the management API under `/v1/tenants/{t}/`.

@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::session::{self, Denied};
 use super::views::*;
-use super::{assets, send_test_alert, ConsoleState, HostKind, LiveMode};
+use super::{assets, send_test_alert, ConsoleState, LiveMode};
 use crate::error::StoreError;
 use crate::model::{IncidentStatus, Provider, Severity};
 use crate::policy::{default_agents, valid_agent_name, AgentOverrides};
@@ -94,7 +94,17 @@ async fn guard(
     headers: &HeaderMap,
     tenant: &str,
 ) -> Result<(String, ConsoleSession), Response> {
-    match session::current(st.sessions.as_ref(), headers, Some(tenant)).await {
+    guard_with(st, headers, tenant, false).await
+}
+
+/// [`guard`] for the page's own background requests (live updates), which do not count as use.
+async fn guard_with(
+    st: &ConsoleState,
+    headers: &HeaderMap,
+    tenant: &str,
+    background: bool,
+) -> Result<(String, ConsoleSession), Response> {
+    match session::current_with(st.sessions.as_ref(), headers, Some(tenant), background).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(Denied::SignedOut)) => Err(sign_in_help(
             StatusCode::UNAUTHORIZED,
@@ -114,7 +124,9 @@ async fn guard_form(
     csrf: Option<&str>,
 ) -> Result<ConsoleSession, Response> {
     let (_, s) = guard(st, headers, tenant).await?;
-    if !session::same_origin(headers) || !session::csrf_ok(csrf, &s) {
+    if !session::same_origin(headers, st.config.public_url.as_deref())
+        || !session::csrf_ok(csrf, &s)
+    {
         return Err(message(
             StatusCode::FORBIDDEN,
             "Request refused",
@@ -206,7 +218,7 @@ pub async fn sign_in(
     headers: HeaderMap,
     form: Result<Form<TokenParam>, FormRejection>,
 ) -> Response {
-    if !session::same_origin(&headers) {
+    if !session::same_origin(&headers, st.config.public_url.as_deref()) {
         return message(
             StatusCode::FORBIDDEN,
             "Request refused",
@@ -226,6 +238,12 @@ pub async fn sign_in(
         }
         Err(e) => return unavailable(e),
     };
+    // A session this browser already had ends: one browser, one session.
+    if let Ok(Ok((old, _))) = session::current(st.sessions.as_ref(), &headers, None).await {
+        if let Err(e) = st.sessions.end_session(&old).await {
+            return unavailable(e);
+        }
+    }
     match session::start(st.sessions.as_ref(), &tenant).await {
         Ok((secret, _)) => {
             let mut r = Redirect::to(&format!("/console/t/{tenant}/incidents")).into_response();
@@ -253,7 +271,9 @@ pub async fn sign_out(
 ) -> Response {
     let csrf = form.ok().and_then(|Form(f)| f.csrf);
     if let Ok(Ok((hash, s))) = session::current(st.sessions.as_ref(), &headers, None).await {
-        if !session::same_origin(&headers) || !session::csrf_ok(csrf.as_deref(), &s) {
+        if !session::same_origin(&headers, st.config.public_url.as_deref())
+            || !session::csrf_ok(csrf.as_deref(), &s)
+        {
             return message(
                 StatusCode::FORBIDDEN,
                 "Request refused",
@@ -339,11 +359,12 @@ pub async fn incidents(
     headers: HeaderMap,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Response {
-    let (_, s) = match guard(&st, &headers, &tenant).await {
+    let Query(p) = params.unwrap_or_default();
+    let background = p.fragment.as_deref() == Some("rows");
+    let (_, s) = match guard_with(&st, &headers, &tenant, background).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Query(p) = params.unwrap_or_default();
     let query = match p.query() {
         Ok(q) => q,
         Err(what) => {
@@ -401,7 +422,7 @@ pub async fn incidents(
         ),
         q: query.text.clone().unwrap_or_default(),
         fragment: with(&match &cursor {
-            Some(c) => format!("cursor={c}&fragment=rows"),
+            Some(c) => format!("cursor={}&fragment=rows", urlencode(c)),
             None => "fragment=rows".into(),
         }),
         // The newest page is the one that changes; older pages poll too, but need no stream.
@@ -444,42 +465,58 @@ async fn newest_digest(st: &ConsoleState, tenant: &str) -> Result<String, StoreE
 }
 
 /// `GET /console/t/{t}/incidents/stream`: server-sent `changed` events for the Incidents page.
+/// Each stream lives at most [`STREAM_LIFETIME`] (the browser then reconnects), ends when the
+/// server shuts down, and a tenant holds at most [`super::MAX_STREAMS_PER_TENANT`] (beyond
+/// that the answer is 429 and the page polls instead).
 pub async fn incident_stream(
     State(st): St,
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = guard(&st, &headers, &tenant).await {
+    if let Err(r) = guard_with(&st, &headers, &tenant, true).await {
         return r;
     }
     if st.config.live != LiveMode::Stream {
         return not_found();
     }
+    let Some(slot) = super::open_stream(&st, &tenant) else {
+        return message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many live pages",
+            "This tenant has too many live Incidents pages open; this one checks every second instead.",
+            None,
+        );
+    };
     let start = tokio::time::Instant::now();
     let initial = newest_digest(&st, &tenant).await.unwrap_or_default();
-    let state = (st, tenant, initial, start);
-    let stream = futures_util::stream::unfold(state, |(st, tenant, last, start)| async move {
-        let mut tick = tokio::time::interval(STREAM_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if start.elapsed() > STREAM_LIFETIME {
-                return None;
-            }
-            match newest_digest(&st, &tenant).await {
-                Ok(d) if d != last => {
-                    let ev = SseEvent::default().event("changed").data("incidents");
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(ev),
-                        (st, tenant, d, start),
-                    ));
+    let closing = st.runtime.closing();
+    let state = (st, tenant, initial, start, closing, slot);
+    let stream = futures_util::stream::unfold(
+        state,
+        |(st, tenant, last, start, mut closing, slot)| async move {
+            let mut tick = tokio::time::interval(STREAM_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = closing.wait_for(|c| *c) => return None,
                 }
-                Ok(_) => {}
-                // A store hiccup ends this stream; the browser reconnects.
-                Err(_) => return None,
+                if start.elapsed() > STREAM_LIFETIME {
+                    return None;
+                }
+                match newest_digest(&st, &tenant).await {
+                    Ok(d) if d != last => {
+                        let ev = SseEvent::default().event("changed").data("incidents");
+                        let next = (st, tenant, d, start, closing, slot);
+                        return Some((Ok::<_, std::convert::Infallible>(ev), next));
+                    }
+                    Ok(_) => {}
+                    // A store hiccup ends this stream; the browser reconnects.
+                    Err(_) => return None,
+                }
             }
-        }
-    });
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
         .into_response()
@@ -619,6 +656,11 @@ pub async fn create_key(
     let name = f.as_ref().and_then(|f| nonempty(&f.name)).unwrap_or("");
     if let Err(e) = super::api::check_key_name(name) {
         return keys_page(&st, &s, None, None, Some(e)).await;
+    }
+    match super::api::room_for_key(&st, &tenant).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return keys_page(&st, &s, None, None, Some(e)).await,
+        Err(e) => return unavailable(e),
     }
     match st.directory.create_key(&tenant, name).await {
         Ok(k) => {
@@ -788,7 +830,7 @@ async fn integration_page(
     } else {
         None
     };
-    let guide = super::guide::guide(p, &url, st.config.host == HostKind::Aws);
+    let guide = super::guide::guide(p, &url);
     render(&IntegrationPage {
         l: layout(st, s, "integrations", label(p)),
         provider: p.as_str(),
@@ -818,6 +860,17 @@ pub async fn send_test(
     let Ok(p) = provider.parse::<Provider>() else {
         return not_found();
     };
+    if let Err(wait) = st.runtime.test_alerts.check(&tenant, 1) {
+        return message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Slow down",
+            &format!(
+                "Test alerts are limited to one a second; try again in {} s.",
+                wait.as_secs().max(1)
+            ),
+            None,
+        );
+    }
     match send_test_alert(&st, &tenant, p).await {
         Ok(r) => match r.incident_id {
             Some(id) => Redirect::to(&format!(
@@ -854,6 +907,16 @@ pub async fn topic_action(
     };
     let topic = f.as_ref().and_then(|f| nonempty(&f.topic)).unwrap_or("");
     let allow = f.as_ref().and_then(|f| f.action.as_deref()) != Some("remove");
+    if allow {
+        match super::api::room_for_topic(&st, &tenant, topic).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return integration_page(&st, &s, &headers, Provider::Cloudwatch, None, Some(e))
+                    .await
+            }
+            Err(e) => return unavailable(e),
+        }
+    }
     let error = match st.directory.allow_topic(&tenant, topic, allow).await {
         Ok(()) => None,
         Err(StoreError::Invalid(e)) => Some(e),

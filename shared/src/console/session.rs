@@ -115,15 +115,22 @@ pub fn clear_cookie(secure: bool) -> HeaderValue {
     }
 }
 
-/// The session secret the browser sent, if any.
+/// The session secret the browser sent, if any. Over HTTPS only the `__Host-` cookie counts: a
+/// plain-named one could have been planted by a sibling subdomain or over plain HTTP, to slip a
+/// victim into the attacker's session.
 pub fn secret_from(headers: &HeaderMap) -> Option<String> {
+    let names: &[&str] = if https(headers) {
+        &[SECURE_COOKIE]
+    } else {
+        &[SECURE_COOKIE, COOKIE]
+    };
     for v in headers.get_all(header::COOKIE) {
         let Ok(v) = v.to_str() else { continue };
         for part in v.split(';') {
             let Some((k, val)) = part.trim().split_once('=') else {
                 continue;
             };
-            if (k == SECURE_COOKIE || k == COOKIE) && !val.is_empty() && val.len() <= 128 {
+            if names.contains(&k) && !val.is_empty() && val.len() <= 128 {
                 return Some(val.to_owned());
             }
         }
@@ -140,11 +147,23 @@ pub enum Denied {
     OtherTenant,
 }
 
-/// The signed-in session of this request for `tenant`, with its digest (the store's key).
+/// The signed-in session of this request for `tenant`, with its digest (the store's key). A
+/// request the page makes on its own (live updates) is `background`: it does not move the idle
+/// clock, so an unattended open tab still signs out when idle.
 pub async fn current(
     sessions: &dyn ConsoleSessions,
     headers: &HeaderMap,
     tenant: Option<&str>,
+) -> Result<Result<(String, ConsoleSession), Denied>, StoreError> {
+    current_with(sessions, headers, tenant, false).await
+}
+
+/// [`current`], saying whether the request is the page's own background request.
+pub async fn current_with(
+    sessions: &dyn ConsoleSessions,
+    headers: &HeaderMap,
+    tenant: Option<&str>,
+    background: bool,
 ) -> Result<Result<(String, ConsoleSession), Denied>, StoreError> {
     let Some(secret) = secret_from(headers) else {
         return Ok(Err(Denied::SignedOut));
@@ -163,7 +182,7 @@ pub async fn current(
     if tenant.is_some_and(|t| t != s.tenant_id) {
         return Ok(Err(Denied::OtherTenant));
     }
-    if now - s.last_seen_ms > TOUCH_EVERY_MS {
+    if !background && now - s.last_seen_ms > TOUCH_EVERY_MS {
         sessions.touch(&hash, now).await?;
     }
     Ok(Ok((hash, s)))
@@ -181,8 +200,9 @@ pub fn csrf_ok(sent: Option<&str>, session: &ConsoleSession) -> bool {
 
 /// Whether a state-changing request comes from this site: browsers send `Sec-Fetch-Site` and
 /// `Origin` on such requests, and a cross-site one is refused even before the CSRF token is
-/// looked at (it also stops another site signing a browser in to the attacker's tenant).
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// looked at (it also stops another site signing a browser in to the attacker's tenant). The
+/// origin may be this request's `Host`, or `public_url` when a proxy in front rewrites `Host`.
+pub fn same_origin(headers: &HeaderMap, public_url: Option<&str>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         if !matches!(site, "same-origin" | "none") {
             return false;
@@ -196,7 +216,11 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-            !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+            let public = public_url
+                .and_then(|u| reqwest::Url::parse(u).ok())
+                .map(|u| u.origin().ascii_serialization());
+            (!host.is_empty() && origin_host.eq_ignore_ascii_case(host))
+                || public.is_some_and(|p| p.eq_ignore_ascii_case(origin))
         }
     }
 }
@@ -224,33 +248,44 @@ mod tests {
         assert!(!cookie("abc", false).to_str().unwrap().contains("Secure"));
         let h = headers(&[("cookie", "a=b; cf_console=s3cret; c=d")]);
         assert_eq!(secret_from(&h).as_deref(), Some("s3cret"));
+        // Over HTTPS a plain-named (plantable) cookie is not a session.
+        let planted = [
+            ("cookie", "cf_console=planted; __Host-cf_console=real"),
+            ("x-forwarded-proto", "https"),
+        ];
+        assert_eq!(secret_from(&headers(&planted)).as_deref(), Some("real"));
+        let only_planted = [
+            ("cookie", "cf_console=planted"),
+            ("x-forwarded-proto", "https"),
+        ];
+        assert_eq!(secret_from(&headers(&only_planted)), None);
         assert_eq!(secret_from(&headers(&[("cookie", "cf_console=")])), None);
     }
 
     #[test]
     fn cross_site_requests_are_refused() {
         let host = ("host", "127.0.0.1:8080");
-        assert!(same_origin(&headers(&[host])));
-        assert!(same_origin(&headers(&[
-            host,
-            ("origin", "http://127.0.0.1:8080")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("origin", "https://evil.example")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("sec-fetch-site", "cross-site")
-        ])));
-        assert!(!same_origin(&headers(&[
-            host,
-            ("sec-fetch-site", "same-site")
-        ])));
-        assert!(!same_origin(&headers(&[(
-            "origin",
-            "http://127.0.0.1:8080"
-        )])));
+        let so = |h: &[(&'static str, &str)]| same_origin(&headers(h), None);
+        assert!(so(&[host]));
+        assert!(so(&[host, ("origin", "http://127.0.0.1:8080")]));
+        assert!(!so(&[host, ("origin", "https://evil.example")]));
+        assert!(!so(&[host, ("sec-fetch-site", "cross-site")]));
+        assert!(!so(&[host, ("sec-fetch-site", "same-site")]));
+        assert!(!so(&[("origin", "http://127.0.0.1:8080")]));
+        // Behind a proxy that rewrites Host, the public URL's origin is this site.
+        let proxied = [
+            ("host", "10.0.0.5:8080"),
+            ("origin", "https://alerts.example.com"),
+        ];
+        assert!(same_origin(
+            &headers(&proxied),
+            Some("https://alerts.example.com/")
+        ));
+        assert!(!same_origin(
+            &headers(&proxied),
+            Some("https://other.example.com")
+        ));
+        assert!(!same_origin(&headers(&proxied), None));
     }
 
     #[test]

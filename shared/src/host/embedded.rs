@@ -186,6 +186,7 @@ impl Embedded {
             subscriptions: Arc::new(subscriptions.clone()),
             tasks: Arc::new(dispatcher.clone()),
             usage: Some(Arc::new(directory.clone())),
+            runtime: Default::default(),
             config: ConsoleConfig {
                 public_url: config.public_url.clone(),
                 live: LiveMode::Stream,
@@ -252,6 +253,12 @@ impl Embedded {
 
         let addr: Option<SocketAddr> = listener.local_addr().ok();
         info!(?addr, db = %self.config.db_path.display(), "causeflow serve listening");
+        // Open event streams end as shutdown begins, so in-flight requests can finish.
+        let console = self.console.clone();
+        let shutdown = async move {
+            shutdown.await;
+            console.runtime.close();
+        };
         let served = server::serve(listener, self.router(), self.config.limits, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = triage.await;

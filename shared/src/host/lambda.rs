@@ -44,7 +44,9 @@ pub fn ingest_state_with(
         },
     );
     state.max_alerts = config.max_alerts;
-    state.usage = Some(crate::http::UsageRecorder::new(Arc::new(
+    // A Lambda is frozen between invocations: a write left running after the answer might
+    // never happen, so here it is awaited (once a minute per key, bounded).
+    state.usage = Some(crate::http::UsageRecorder::awaited(Arc::new(
         crate::aws::DynamoKeyUsage::new(ddb.clone(), &config.dedup_table),
     )));
     state.sns = Some(crate::http::SnsSupport {
@@ -113,6 +115,7 @@ pub fn console_state(
             ddb,
             &config.dedup_table,
         ))),
+        runtime: Default::default(),
         config: ConsoleConfig {
             public_url: config.public_url.clone(),
             // API Gateway and Lambda answer each request and close it: no event stream.

@@ -107,7 +107,7 @@ async fn tenant_key(app: &AppState, tenant: &str, api_key: &str) -> Result<KeyRe
     match app.keys.key_by_hash(&hash_api_key(api_key)).await? {
         Some(k) if !k.revoked && k.tenant_id == tenant => {
             if let Some(u) = &app.usage {
-                u.note(&k.key_id);
+                u.note(&k.key_id).await;
             }
             Ok(k)
         }

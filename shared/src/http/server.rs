@@ -155,6 +155,15 @@ impl Phase {
     }
 }
 
+/// Marks the connection idle when dropped (with the body of a streamed response).
+struct IdleOnDrop(Arc<Phase>);
+
+impl Drop for IdleOnDrop {
+    fn drop(&mut self) {
+        self.0.set(IDLE);
+    }
+}
+
 /// The TCP stream, noting the first byte of each request.
 struct Watched {
     inner: TcpStream,
@@ -290,13 +299,30 @@ async fn connection(
                 router.oneshot(req.map(Body::new)),
             )
             .await;
-            phase.set(IDLE);
             let resp = match answered {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},
                 Err(_) => too_slow(),
             };
-            Ok::<_, Infallible>(resp)
+            // An event stream (the console's live Incidents page) is a response that is still
+            // being written: the connection is not idle until it ends. The stream bounds its own
+            // life and ends when the server shuts down.
+            let streaming = resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            if !streaming {
+                phase.set(IDLE);
+                return Ok::<_, Infallible>(resp);
+            }
+            let idle_at_end = IdleOnDrop(phase);
+            Ok(resp.map(move |body| {
+                use http_body_util::BodyExt;
+                Body::new(body.map_frame(move |f| {
+                    let _ = &idle_at_end;
+                    f
+                }))
+            }))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
