@@ -789,6 +789,40 @@ where
     }
 }
 
+/// Clicks the element `css` names and waits until the page shows `needle`.
+async fn click_until(b: &fantoccini::Client, css: &str, needle: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(needle, Duration::from_secs(10), || async {
+        b.source()
+            .await
+            .map(|h| h.contains(needle))
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+/// Presses Sign in on the sign-in page and waits for the Incidents page.
+async fn press_sign_in(b: &fantoccini::Client) {
+    b.find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("signed in", Duration::from_secs(10), || async {
+        b.current_url()
+            .await
+            .map(|u| u.path().ends_with("/incidents"))
+            .unwrap_or(false)
+    })
+    .await;
+}
+
 async fn row_text(b: &fantoccini::Client, id: &str) -> Option<String> {
     match b.find(Locator::Css(&format!("tr[data-id=\"{id}\"]"))).await {
         Ok(e) => e.text().await.ok(),
@@ -844,19 +878,7 @@ async fn the_whole_journey_in_a_real_browser() {
     // Sign in with a one-time link.
     let l = link(&s, "acme").await;
     b.goto(&l).await.unwrap();
-    b.find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until("signed in", Duration::from_secs(10), || async {
-        b.current_url()
-            .await
-            .map(|u| u.path().ends_with("/incidents"))
-            .unwrap_or(false)
-    })
-    .await;
+    press_sign_in(&b).await;
     axe(&b, "incidents (empty)", &axe_src).await;
     assert!(b.source().await.unwrap().contains("id=\"live\""));
 
@@ -1083,20 +1105,11 @@ async fn the_whole_journey_in_a_real_browser() {
     )
     .await
     .unwrap();
-    b.find(Locator::Css(&format!(
-        "form[action$='/keys/{key_id}/revoke'] button"
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
-    until("refused", Duration::from_secs(10), || async {
-        b.source()
-            .await
-            .map(|h| h.contains("Request refused"))
-            .unwrap_or(false)
-    })
+    click_until(
+        &b,
+        &format!("form[action$='/keys/{key_id}/revoke'] button"),
+        "Request refused",
+    )
     .await;
     assert!(!s
         .app
@@ -1111,20 +1124,11 @@ async fn the_whole_journey_in_a_real_browser() {
     b.goto(&format!("{}/console/t/acme/keys", s.base))
         .await
         .unwrap();
-    b.find(Locator::Css(&format!(
-        "form[action$='/keys/{key_id}/revoke'] button"
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
-    until("revoked", Duration::from_secs(10), || async {
-        b.source()
-            .await
-            .map(|h| h.contains("revoked: webhooks sent with it now get 401"))
-            .unwrap_or(false)
-    })
+    click_until(
+        &b,
+        &format!("form[action$='/keys/{key_id}/revoke'] button"),
+        "revoked: webhooks sent with it now get 401",
+    )
     .await;
     let body =
         json!({"sourceAlertId": "after-revoke", "title": "t", "status": "firing"}).to_string();
@@ -1151,18 +1155,11 @@ async fn the_whole_journey_in_a_real_browser() {
         .send_keys("logs, db-agent")
         .await
         .unwrap();
-    b.find(Locator::Css("form[action$='/settings/agents'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until("saved", Duration::from_secs(10), || async {
-        b.source()
-            .await
-            .map(|h| h.contains("Agents saved."))
-            .unwrap_or(false)
-    })
+    click_until(
+        &b,
+        "form[action$='/settings/agents'] button",
+        "Agents saved.",
+    )
     .await;
     let o = causeflow_shared::ports::TenantSettings::agent_overrides(&s.app.directory, "acme")
         .await
@@ -1177,36 +1174,12 @@ async fn the_whole_journey_in_a_real_browser() {
     b.close().await.unwrap();
     let b = browser(&d, false, 375).await;
     b.goto(&l).await.unwrap();
-    b.find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until("refused link", Duration::from_secs(10), || async {
-        b.source()
-            .await
-            .map(|h| h.contains("used already or has expired"))
-            .unwrap_or(false)
-    })
-    .await;
+    click_until(&b, "form button", "used already or has expired").await;
     // At 375 px the Incidents page fits the screen.
     b.goto(&l).await.unwrap();
     let l2 = link(&s, "acme").await;
     b.goto(&l2).await.unwrap();
-    b.find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until("signed in", Duration::from_secs(10), || async {
-        b.current_url()
-            .await
-            .map(|u| u.path().ends_with("/incidents"))
-            .unwrap_or(false)
-    })
-    .await;
+    press_sign_in(&b).await;
     let fits = b
         .execute(
             "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
@@ -1288,19 +1261,7 @@ async fn screenshots_of_every_page() {
         for width in [1280u32, 375] {
             let b = browser(&d, dark, width).await;
             b.goto(&link(&s, "acme").await).await.unwrap();
-            b.find(Locator::Css("form button"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
-            until("signed in", Duration::from_secs(10), || async {
-                b.current_url()
-                    .await
-                    .map(|u| u.path().ends_with("/incidents"))
-                    .unwrap_or(false)
-            })
-            .await;
+            press_sign_in(&b).await;
             let theme = if dark { "dark" } else { "light" };
             let pages = [
                 ("incidents", "incidents".to_owned()),
@@ -1368,19 +1329,7 @@ async fn without_a_stream_the_incidents_page_polls() {
         .await
         .unwrap();
     b.goto(&l).await.unwrap();
-    b.find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until("signed in", Duration::from_secs(10), || async {
-        b.current_url()
-            .await
-            .map(|u| u.path().ends_with("/incidents"))
-            .unwrap_or(false)
-    })
-    .await;
+    press_sign_in(&b).await;
     let live = b
         .find(Locator::Id("live"))
         .await

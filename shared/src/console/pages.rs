@@ -138,6 +138,35 @@ async fn guard_form(
     Ok(s)
 }
 
+/// A form's CSRF field.
+trait CsrfField {
+    fn csrf(&self) -> Option<&str>;
+}
+
+macro_rules! csrf_field {
+    ($($t:ty),*) => {$(
+        impl CsrfField for $t {
+            fn csrf(&self) -> Option<&str> {
+                self.csrf.as_deref()
+            }
+        }
+    )*};
+}
+csrf_field!(CsrfForm, NameForm, TopicForm);
+
+/// The session and the fields of a posted form, once its CSRF token and origin check out; the
+/// fields are `None` when the body was not a form of that shape.
+async fn posted<T: CsrfField>(
+    st: &ConsoleState,
+    headers: &HeaderMap,
+    tenant: &str,
+    form: Result<Form<T>, FormRejection>,
+) -> Result<(ConsoleSession, Option<T>), Response> {
+    let f = form.ok().map(|Form(f)| f);
+    let s = guard_form(st, headers, tenant, f.as_ref().and_then(|f| f.csrf())).await?;
+    Ok((s, f))
+}
+
 fn layout(st: &ConsoleState, s: &ConsoleSession, nav: &'static str, title: &str) -> Layout {
     let _ = st;
     Layout {
@@ -647,10 +676,8 @@ pub async fn create_key(
     headers: HeaderMap,
     form: Result<Form<NameForm>, FormRejection>,
 ) -> Response {
-    let f = form.ok().map(|Form(f)| f);
-    let csrf = f.as_ref().and_then(|f| f.csrf.as_deref());
-    let s = match guard_form(&st, &headers, &tenant, csrf).await {
-        Ok(s) => s,
+    let (s, f) = match posted(&st, &headers, &tenant, form).await {
+        Ok(sf) => sf,
         Err(r) => return r,
     };
     let name = f.as_ref().and_then(|f| nonempty(&f.name)).unwrap_or("");
@@ -684,10 +711,8 @@ pub async fn key_action(
     headers: HeaderMap,
     form: Result<Form<NameForm>, FormRejection>,
 ) -> Response {
-    let f = form.ok().map(|Form(f)| f);
-    let csrf = f.as_ref().and_then(|f| f.csrf.as_deref());
-    let s = match guard_form(&st, &headers, &tenant, csrf).await {
-        Ok(s) => s,
+    let (s, f) = match posted(&st, &headers, &tenant, form).await {
+        Ok(sf) => sf,
         Err(r) => return r,
     };
     // Another tenant's key id answers as a key that does not exist.
@@ -853,8 +878,7 @@ pub async fn send_test(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    let csrf = form.ok().and_then(|Form(f)| f.csrf);
-    if let Err(r) = guard_form(&st, &headers, &tenant, csrf.as_deref()).await {
+    if let Err(r) = posted(&st, &headers, &tenant, form).await {
         return r;
     }
     let Ok(p) = provider.parse::<Provider>() else {
@@ -899,10 +923,8 @@ pub async fn topic_action(
     headers: HeaderMap,
     form: Result<Form<TopicForm>, FormRejection>,
 ) -> Response {
-    let f = form.ok().map(|Form(f)| f);
-    let csrf = f.as_ref().and_then(|f| f.csrf.as_deref());
-    let s = match guard_form(&st, &headers, &tenant, csrf).await {
-        Ok(s) => s,
+    let (s, f) = match posted(&st, &headers, &tenant, form).await {
+        Ok(sf) => sf,
         Err(r) => return r,
     };
     let topic = f.as_ref().and_then(|f| nonempty(&f.topic)).unwrap_or("");
