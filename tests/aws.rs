@@ -381,6 +381,26 @@ async fn twenty_identical_webhooks_make_one_incident_and_a_resolve_releases_the_
         "1"
     );
 
+    // Every 409 is counted on the incident, which the incidents API shows once triaged.
+    assert!(stack.run_triage(&stack.triage()).await.is_empty());
+    let id = ids.iter().next().unwrap().clone();
+    let req = http::Request::builder()
+        .uri(format!("/v1/tenants/demo/incidents/{id}"))
+        .header("authorization", format!("Bearer {DEV_API_KEY}"))
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let (status, got) = call(&app, req).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["duplicateCount"], 19, "{got}");
+    assert!(got["lastSeen"].as_str().unwrap() >= got["firstSeen"].as_str().unwrap());
+    let req = http::Request::builder()
+        .uri("/v1/tenants/demo/incidents")
+        .header("authorization", format!("Bearer {DEV_API_KEY}"))
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let (_, list) = call(&app, req).await;
+    assert_eq!(list["incidents"][0]["duplicateCount"], 19, "{list}");
+
     let (status, resp) = generic(
         &app,
         &json!({"sourceAlertId": "storm", "title": "alert storm", "status": "resolved"}),
@@ -394,7 +414,8 @@ async fn twenty_identical_webhooks_make_one_incident_and_a_resolve_releases_the_
     let (status, resp) = generic(&app, &body).await;
     assert_eq!(
         (status, resp["alerts"][0]["outcome"].as_str()),
-        (202, Some("created"))
+        (202, Some("created")),
+        "{resp}"
     );
     assert!(!ids.contains(resp["alerts"][0]["incidentId"].as_str().unwrap()));
 }

@@ -417,6 +417,19 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// Adds what the host counted of duplicates: `count` firings answered 409, the last at
+    /// `last_ms` (Unix ms), which moves `lastSeen` of an incident still open.
+    pub fn with_duplicates(&mut self, count: u64, last_ms: Option<i64>) {
+        self.duplicate_count = Some(count);
+        if let Some(at) = last_ms.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis) {
+            let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            // RFC 3339 in UTC with the same precision sorts as text.
+            if at > self.last_seen && self.status.is_active() {
+                self.last_seen = at;
+            }
+        }
+    }
+
     /// Marks an open incident acknowledged at `at`; `false` (and no change) when it is already
     /// acknowledged or resolved.
     pub fn acknowledge(&mut self, at: &str) -> bool {

@@ -85,7 +85,12 @@ pub(super) mod aws {
 
     pub async fn incidents(t: &Target) -> Result<Box<dyn IncidentStore>> {
         let table = needed(&t.incidents_table, "--incidents-table", "INCIDENTS_TABLE")?;
-        Ok(Box::new(DynamoIncidents::new(ddb().await, table)))
+        let store = DynamoIncidents::new(ddb().await, table);
+        // With the dedup table named, listings show duplicate counts too.
+        Ok(Box::new(match &t.dedup_table {
+            Some(dedup) => store.with_duplicate_counts(dedup),
+            None => store,
+        }))
     }
 
     pub async fn sessions(t: &Target) -> Result<Box<dyn ConsoleSessions>> {

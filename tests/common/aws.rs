@@ -265,7 +265,8 @@ impl Stack {
         }
     }
 
-    /// Dedup records (the keys' last-use items that share the table are not counted).
+    /// Dedup records (the keys' last-use and duplicate-count items that share the table, whose
+    /// keys start with `#`, are not counted).
     pub async fn dedup_items(&self) -> i32 {
         self.ddb
             .scan()
@@ -273,7 +274,7 @@ impl Stack {
             .filter_expression("NOT begins_with(pk, :use)")
             .expression_attribute_values(
                 ":use",
-                aws_sdk_dynamodb::types::AttributeValue::S("#keyuse#".into()),
+                aws_sdk_dynamodb::types::AttributeValue::S("#".into()),
             )
             .send()
             .await

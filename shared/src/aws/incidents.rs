@@ -20,6 +20,8 @@ use crate::ports::{
 pub struct DynamoIncidents {
     ddb: Ddb,
     table: String,
+    /// Readers merge duplicate counts; triage, which writes incidents, leaves them out.
+    duplicates: Option<super::duplicates::DuplicateCounts>,
 }
 
 fn is_ccf<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
@@ -42,7 +44,50 @@ impl DynamoIncidents {
         DynamoIncidents {
             ddb,
             table: table.to_owned(),
+            duplicates: None,
         }
+    }
+
+    /// Reads merge the duplicate counts that admission keeps in the dedup table.
+    pub fn with_duplicate_counts(mut self, dedup_table: &str) -> Self {
+        self.duplicates = Some(super::duplicates::DuplicateCounts::new(
+            self.ddb.clone(),
+            dedup_table,
+        ));
+        self
+    }
+
+    async fn merge(&self, tenant: &str, incidents: &mut [Incident]) -> Result<(), StoreError> {
+        let Some(d) = &self.duplicates else {
+            return Ok(());
+        };
+        let ids: Vec<&str> = incidents.iter().map(|i| i.incident_id.as_str()).collect();
+        let counts = d.read(tenant, &ids).await?;
+        for i in incidents {
+            match counts.get(&i.incident_id) {
+                Some((c, at)) => i.with_duplicates(*c, Some(*at)),
+                None => i.with_duplicates(0, None),
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_raw(
+        &self,
+        tenant_id: &str,
+        incident_id: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .key("tenantId", s(tenant_id))
+            .key("incidentId", s(incident_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get incident", e))?;
+        out.item.as_ref().map(decode).transpose()
     }
 
     /// Writes `i` if no incident has its id (`was` = None) or if the stored one still has status
@@ -144,20 +189,26 @@ impl IncidentStore for DynamoIncidents {
         tenant_id: &str,
         incident_id: &str,
     ) -> Result<Option<Incident>, StoreError> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .key("tenantId", s(tenant_id))
-            .key("incidentId", s(incident_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("get incident", e))?;
-        out.item.as_ref().map(decode).transpose()
+        let mut i = self.get_raw(tenant_id, incident_id).await?;
+        if let Some(i) = &mut i {
+            self.merge(tenant_id, std::slice::from_mut(i)).await?;
+        }
+        Ok(i)
     }
 
     async fn list(&self, tenant_id: &str, q: &IncidentQuery) -> Result<IncidentPage, StoreError> {
+        let mut page = self.list_raw(tenant_id, q).await?;
+        self.merge(tenant_id, &mut page.incidents).await?;
+        Ok(page)
+    }
+}
+
+impl DynamoIncidents {
+    async fn list_raw(
+        &self,
+        tenant_id: &str,
+        q: &IncidentQuery,
+    ) -> Result<IncidentPage, StoreError> {
         let limit = q.limit.clamp(1, 1000);
         let mut req = self
             .ddb

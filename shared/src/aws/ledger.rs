@@ -52,6 +52,7 @@ const BATCH_GET_ROUNDS: usize = 5;
 #[derive(Clone)]
 pub struct DynamoLedger {
     keys: DynamoDedupKeys,
+    duplicates: super::duplicates::DuplicateCounts,
     sqs: Sqs,
     queue_url: String,
     config: DedupConfig,
@@ -271,6 +272,7 @@ impl KeyRelease for DynamoDedupKeys {
 impl DynamoLedger {
     pub fn new(ddb: Ddb, sqs: Sqs, table: &str, queue_url: &str, config: DedupConfig) -> Self {
         DynamoLedger {
+            duplicates: super::duplicates::DuplicateCounts::new(ddb.clone(), table),
             keys: DynamoDedupKeys::new(ddb, table),
             sqs,
             queue_url: queue_url.to_owned(),
@@ -728,6 +730,17 @@ impl AlertLedger for DynamoLedger {
                 pending.into_iter().partition(|p| seen.insert(p.pk.clone()));
             self.admit_distinct(round, now, &mut results).await;
             pending = later;
+        }
+        // Each 409 is counted on its incident (best effort: the answer stands either way).
+        let duplicates: Vec<String> = results
+            .iter()
+            .filter_map(|r| match r {
+                Some(Ok(Decision::Duplicate { incident_id })) => Some(incident_id.clone()),
+                _ => None,
+            })
+            .collect();
+        if !duplicates.is_empty() {
+            self.duplicates.count(tenant_id, &duplicates, now).await;
         }
         let mut out = Vec::with_capacity(alerts.len());
         let mut first_error = None;

@@ -8,6 +8,7 @@ mod deadletters;
 #[cfg(feature = "devstack")]
 pub mod devstack;
 mod directory;
+mod duplicates;
 mod incidents;
 mod item;
 mod ledger;

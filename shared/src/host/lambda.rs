@@ -37,7 +37,10 @@ pub fn ingest_state_with(
             &config.alert_queue_url,
             config.dedup,
         )),
-        Arc::new(DynamoIncidents::new(ddb.clone(), &config.incidents_table)),
+        Arc::new(
+            DynamoIncidents::new(ddb.clone(), &config.incidents_table)
+                .with_duplicate_counts(&config.dedup_table),
+        ),
         RateLimit {
             per_sec: config.rate_limit_per_sec,
             burst: config.rate_limit_per_sec * 2.0,
@@ -90,7 +93,10 @@ pub fn console_state(
             &config.keys_table,
             &config.tenants_table,
         )),
-        incidents: Arc::new(DynamoIncidents::new(ddb.clone(), &config.incidents_table)),
+        incidents: Arc::new(
+            DynamoIncidents::new(ddb.clone(), &config.incidents_table)
+                .with_duplicate_counts(&config.dedup_table),
+        ),
         ledger: Arc::new(DynamoLedger::new(
             ddb.clone(),
             aws_sdk_sqs::Client::new(sdk),

@@ -68,14 +68,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 
 fn with_duplicates((json, count, last, _): Row) -> Result<Incident, StoreError> {
     let mut i = decode(json)?;
-    i.duplicate_count = Some(count.unwrap_or(0).max(0) as u64);
-    if let Some(at) = last.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis) {
-        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        // RFC 3339 in UTC with the same precision sorts as text.
-        if at > i.last_seen && i.status.is_active() {
-            i.last_seen = at;
-        }
-    }
+    i.with_duplicates(count.unwrap_or(0).max(0) as u64, last);
     Ok(i)
 }
 
