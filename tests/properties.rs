@@ -103,8 +103,22 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<f64>().prop_map(|f| json!(f)),
         ".*".prop_map(Value::String),
         prop::sample::select(vec![
-            "firing", "resolved", "alerting", "ok", "ALARM", "OK", "Triggered", "Recovered",
-            "critical", "P1", "trigger", "resolve", "acknowledge", "4", "issue", "Notification",
+            "firing",
+            "resolved",
+            "alerting",
+            "ok",
+            "ALARM",
+            "OK",
+            "Triggered",
+            "Recovered",
+            "critical",
+            "P1",
+            "trigger",
+            "resolve",
+            "acknowledge",
+            "4",
+            "issue",
+            "Notification",
         ])
         .prop_map(|s| json!(s)),
     ];
@@ -122,11 +136,41 @@ fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         ".{0,12}",
         prop::sample::select(vec![
-            "alerts", "status", "labels", "annotations", "fingerprint", "title", "sourceAlertId",
-            "alert_id", "alert_transition", "priority", "tags", "id", "event_type", "ruleId",
-            "state", "evalMatches", "alert_group", "event", "Type", "Message", "TopicArn",
-            "AlarmArn", "NewStateValue", "data", "issue", "action", "level", "version",
-            "routing_key", "event_action", "dedup_key", "payload", "severity", "links", "test",
+            "alerts",
+            "status",
+            "labels",
+            "annotations",
+            "fingerprint",
+            "title",
+            "sourceAlertId",
+            "alert_id",
+            "alert_transition",
+            "priority",
+            "tags",
+            "id",
+            "event_type",
+            "ruleId",
+            "state",
+            "evalMatches",
+            "alert_group",
+            "event",
+            "Type",
+            "Message",
+            "TopicArn",
+            "AlarmArn",
+            "NewStateValue",
+            "data",
+            "issue",
+            "action",
+            "level",
+            "version",
+            "routing_key",
+            "event_action",
+            "dedup_key",
+            "payload",
+            "severity",
+            "links",
+            "test",
         ])
         .prop_map(str::to_owned),
     ]
@@ -287,7 +331,13 @@ fn flipping_any_byte_of_a_signed_sns_field_fails_verification() {
     runner
         .run(
             &(
-                prop::sample::select(vec!["Message", "MessageId", "Subject", "Timestamp", "TopicArn"]),
+                prop::sample::select(vec![
+                    "Message",
+                    "MessageId",
+                    "Subject",
+                    "Timestamp",
+                    "TopicArn",
+                ]),
                 any::<prop::sample::Index>(),
                 1u8..=255,
             ),
@@ -302,7 +352,10 @@ fn flipping_any_byte_of_a_signed_sns_field_fails_verification() {
                 };
                 bad.insert(field.to_owned(), Value::String(s));
                 if let Ok(m) = causeflow_shared::sns::parse(&bad) {
-                    prop_assert!(causeflow_shared::sns::verify_with(&key, &m).is_err(), "{field}");
+                    prop_assert!(
+                        causeflow_shared::sns::verify_with(&key, &m).is_err(),
+                        "{field}"
+                    );
                 }
                 Ok(())
             },

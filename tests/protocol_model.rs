@@ -162,7 +162,9 @@ fn id(s: &str) -> u8 {
 
 impl State {
     fn quiescent(&self) -> bool {
-        self.senders.iter().all(|s| s.pc == Pc::Done) && self.queue.is_empty() && self.triage.is_none()
+        self.senders.iter().all(|s| s.pc == Pc::Done)
+            && self.queue.is_empty()
+            && self.triage.is_none()
     }
 
     fn enqueue(&mut self, firing: bool, incident: u8, seq: u8) {
@@ -471,7 +473,9 @@ impl Model for Protocol {
                     // key (if the key still names it), then the message goes to the DLQ.
                     if msg.firing
                         && !s.incidents.contains_key(&msg.incident)
-                        && s.record.as_ref().is_some_and(|r| r.incident == msg.incident)
+                        && s.record
+                            .as_ref()
+                            .is_some_and(|r| r.incident == msg.incident)
                     {
                         s.record = None;
                     }
@@ -494,7 +498,6 @@ impl Model for Protocol {
             Property::always("never two open incidents for one key", |_, s: &State| {
                 !s.quiescent() || s.incidents.values().filter(|i| i.open).count() <= 1
             }),
-
             Property::always(
                 "every 202 created ends as its incident, or in the DLQ with its key released",
                 |_, s: &State| {
@@ -525,9 +528,11 @@ impl Model for Protocol {
             Property::always(
                 "a resolve never closes an incident opened after it",
                 |_, s: &State| {
-                    s.incidents.iter().all(|(inc, i)| match (i.resolved_by, s.claimed_at.get(inc)) {
-                        (Some(r), Some(c)) => r > *c,
-                        _ => true,
+                    s.incidents.iter().all(|(inc, i)| {
+                        match (i.resolved_by, s.claimed_at.get(inc)) {
+                            (Some(r), Some(c)) => r > *c,
+                            _ => true,
+                        }
                     })
                 },
             ),
@@ -543,7 +548,9 @@ impl Model for Protocol {
             p.push(Property::sometimes(
                 "a crashed claim is taken over after its lease and answered 202",
                 |_, s: &State| {
-                    s.answers.iter().any(|a| matches!(a, Answer::Created(inc) if s.crashed_claims.contains(inc)))
+                    s.answers.iter().any(
+                        |a| matches!(a, Answer::Created(inc) if s.crashed_claims.contains(inc)),
+                    )
                 },
             ));
         }
@@ -586,7 +593,11 @@ fn check(m: Protocol) -> (Vec<&'static str>, usize) {
         .collect::<Vec<_>>();
     for name in &failed {
         if let Some(path) = c.discovery(name) {
-            eprintln!("{name}: {:?}\n  ends in {:?}", path.clone().into_actions(), path.last_state());
+            eprintln!(
+                "{name}: {:?}\n  ends in {:?}",
+                path.clone().into_actions(),
+                path.last_state()
+            );
         }
     }
     (failed, states)
@@ -597,11 +608,22 @@ const RESOLVE: bool = false;
 
 #[test]
 fn the_aws_protocol_keeps_every_promise() {
-    for alerts in [vec![FIRING, FIRING], vec![FIRING, RESOLVE], vec![RESOLVE, FIRING]] {
+    for alerts in [
+        vec![FIRING, FIRING],
+        vec![FIRING, RESOLVE],
+        vec![RESOLVE, FIRING],
+    ] {
         for max_receives in [1, 2] {
-            let (failed, states) = check(protocol(Host::Aws, Bug::None, alerts.clone(), max_receives));
-            assert!(failed.is_empty(), "{alerts:?} max_receives {max_receives}: {failed:?}");
-            assert!(states > 100, "a model this small checks nothing: {states} states");
+            let (failed, states) =
+                check(protocol(Host::Aws, Bug::None, alerts.clone(), max_receives));
+            assert!(
+                failed.is_empty(),
+                "{alerts:?} max_receives {max_receives}: {failed:?}"
+            );
+            assert!(
+                states > 100,
+                "a model this small checks nothing: {states} states"
+            );
         }
     }
 }
@@ -620,15 +642,28 @@ fn three_requests_keep_every_promise() {
 fn the_embedded_protocol_keeps_every_promise() {
     for alerts in [vec![FIRING, FIRING], vec![FIRING, RESOLVE]] {
         for max_receives in [1, 2] {
-            let (failed, _) = check(protocol(Host::Embedded, Bug::None, alerts.clone(), max_receives));
-            assert!(failed.is_empty(), "{alerts:?} max_receives {max_receives}: {failed:?}");
+            let (failed, _) = check(protocol(
+                Host::Embedded,
+                Bug::None,
+                alerts.clone(),
+                max_receives,
+            ));
+            assert!(
+                failed.is_empty(),
+                "{alerts:?} max_receives {max_receives}: {failed:?}"
+            );
         }
     }
 }
 
 #[test]
 fn answering_409_to_a_live_pending_lease_is_caught() {
-    let (failed, _) = check(protocol(Host::Aws, Bug::LiveLeaseAnswered409, vec![FIRING, FIRING], 2));
+    let (failed, _) = check(protocol(
+        Host::Aws,
+        Bug::LiveLeaseAnswered409,
+        vec![FIRING, FIRING],
+        2,
+    ));
     assert!(
         failed.contains(&"a 409 names an incident that exists or will"),
         "no counter-example: {failed:?}"
@@ -639,7 +674,12 @@ fn answering_409_to_a_live_pending_lease_is_caught() {
 fn an_invocation_that_outlives_its_lease_is_caught() {
     // Why the ingest function's timeout must stay below the lease: a slow claimant and the
     // request that takes its lease over both open an incident.
-    let (failed, _) = check(protocol(Host::Aws, Bug::OutlivesLease, vec![FIRING, FIRING], 2));
+    let (failed, _) = check(protocol(
+        Host::Aws,
+        Bug::OutlivesLease,
+        vec![FIRING, FIRING],
+        2,
+    ));
     assert!(
         failed.contains(&"never two open incidents for one key"),
         "no counter-example: {failed:?}"
@@ -648,7 +688,12 @@ fn an_invocation_that_outlives_its_lease_is_caught() {
 
 #[test]
 fn writing_the_record_and_the_queue_row_in_two_transactions_is_caught() {
-    let (failed, _) = check(protocol(Host::Embedded, Bug::TwoTransactions, vec![FIRING, FIRING], 2));
+    let (failed, _) = check(protocol(
+        Host::Embedded,
+        Bug::TwoTransactions,
+        vec![FIRING, FIRING],
+        2,
+    ));
     assert!(
         failed.contains(&"a 409 names an incident that exists or will"),
         "no counter-example: {failed:?}"
