@@ -260,6 +260,28 @@ proptest! {
     }
 
     #[test]
+    fn every_providers_ids_are_kept(id in "[^\\p{C}\\s][^\\p{C}]{0,80}") {
+        prop_assume!(!id.trim().is_empty() && id.trim() == id);
+        let cases = [
+            (Provider::Datadog, json!({"alert_id": id, "title": "t", "alert_transition": "Triggered"})),
+            (Provider::Grafana, json!({"status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": "a"}, "annotations": {}, "fingerprint": id}]})),
+            (Provider::Alertmanager, json!({"version": "4", "status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": "a"}, "annotations": {}, "fingerprint": id}]})),
+            (Provider::Pagerduty, json!({"event_action": "trigger", "dedup_key": id, "payload": {"summary": "s", "source": "h", "severity": "critical"}})),
+            (Provider::Generic, json!({"sourceAlertId": id, "title": "t"})),
+        ];
+        for (p, body) in cases {
+            let root = body.as_object().unwrap().clone();
+            let n = normalize(p, &root, Context { sentry_resource: None, signed: true });
+            match n {
+                Ok(causeflow_shared::normalize::Normalized::Alerts(a)) => {
+                    prop_assert_eq!(&a[0].source_alert_id, &id, "{:?}", p);
+                }
+                other => prop_assert!(false, "{:?}: {:?}", p, other),
+            }
+        }
+    }
+
+    #[test]
     fn sns_envelopes_never_panic(root in json_object(), header in prop::option::of(".{0,24}")) {
         let _ = causeflow_shared::sns::is_envelope(&root);
         let _ = causeflow_shared::sns::check_type_header(header.as_deref(), &root);
