@@ -195,7 +195,7 @@ impl Stack {
     }
 
     /// Up to 10 messages from a queue (none when it is empty).
-    async fn receive(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    pub async fn receive(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
         self.sqs
             .receive_message()
             .queue_url(url)
