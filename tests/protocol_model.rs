@@ -38,6 +38,9 @@ enum Bug {
     /// An ingest invocation that keeps running after its lease ran out (a function timeout above
     /// the lease).
     OutlivesLease,
+    /// Triage that never gives up a key naming a resolved incident (before the model found the
+    /// resolve that dies between its send and its release).
+    TriageKeepsKeys,
 }
 
 #[derive(Clone, Debug)]
@@ -76,7 +79,10 @@ struct Msg {
 enum Pc {
     /// About to read the record (a new request, or a retry).
     Start,
-    Claim(u8),
+    /// The conditional put; `true` when taking over a stale claim under its incident id.
+    Claim(u8, bool),
+    /// Committed (embedded), answer not yet written.
+    Respond(Answer),
     Send(u8),
     Mark(u8),
     SendResolve(u8),
@@ -92,6 +98,10 @@ struct Sender {
     retries: u8,
     /// When this request read the record (admission order).
     seq: u8,
+    /// When its first attempt did: a retry is the same request.
+    first: u8,
+    /// Its claim took a stale one over.
+    takeover: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,6 +136,10 @@ struct State {
     claimed_at: BTreeMap<u8, u8>,
     /// Incident ids claimed by a request that then crashed.
     crashed_claims: BTreeSet<u8>,
+    /// Each 202 `created`: its incident and the admission order of its request.
+    created: Vec<(u8, u8)>,
+    /// Firings dead-lettered because triage was killed (no `give_up`) on their last receive.
+    killed_dlq: BTreeSet<u8>,
     next_id: u8,
     next_seq: u8,
     crashes: u8,
@@ -141,6 +155,8 @@ enum Action {
     Receive(usize),
     TriageStep,
     TriageFail,
+    /// Triage is killed on the message (timeout, SIGKILL): no `give_up` runs.
+    TriageKilled,
 }
 
 fn now(s: &State) -> i64 {
@@ -191,6 +207,9 @@ impl Protocol {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 s.senders[i].seq = seq;
+                if s.senders[i].first == 0 {
+                    s.senders[i].first = seq;
+                }
                 let existing = s.record.as_ref().map(as_record);
                 let status = if firing {
                     AlertStatus::Firing
@@ -206,7 +225,7 @@ impl Protocol {
                             s.next_id += 1;
                         }
                         match (self.host, self.bug) {
-                            (Host::Aws, _) => s.senders[i].pc = Pc::Claim(inc),
+                            (Host::Aws, _) => s.senders[i].pc = Pc::Claim(inc, inc != fresh),
                             (Host::Embedded, Bug::TwoTransactions) => {
                                 // First transaction: the record alone.
                                 s.record = Some(Rec {
@@ -226,8 +245,7 @@ impl Protocol {
                                 });
                                 s.claim(inc, seq);
                                 s.enqueue(true, inc, seq);
-                                s.answers.push(Answer::Created(inc));
-                                s.senders[i].pc = Pc::Done;
+                                s.senders[i].pc = Pc::Respond(Answer::Created(inc));
                             }
                         }
                     }
@@ -251,8 +269,7 @@ impl Protocol {
                             Host::Embedded => {
                                 s.enqueue(false, inc, seq);
                                 s.record = None;
-                                s.answers.push(Answer::Resolved(inc));
-                                s.senders[i].pc = Pc::Done;
+                                s.senders[i].pc = Pc::Respond(Answer::Resolved(inc));
                             }
                         }
                     }
@@ -262,12 +279,19 @@ impl Protocol {
                     }
                 }
             }
-            Pc::Claim(inc) => {
-                // CLAIM_CONDITION: absent, expired, or a pending lease that ran out.
-                let free = s
-                    .record
-                    .as_ref()
-                    .is_none_or(|r| !as_record(r).is_live(now(s)));
+            Pc::Claim(inc, takeover) => {
+                // CLAIM_CONDITION: absent, expired, or a pending lease that ran out; a takeover
+                // (TAKEOVER_CONDITION) needs that very stale claim still there.
+                let stale_ours = s.record.as_ref().is_some_and(|r| {
+                    r.incident == inc && r.pending && !as_record(r).is_live(now(s))
+                });
+                let free = if takeover {
+                    stale_ours
+                } else {
+                    s.record
+                        .as_ref()
+                        .is_none_or(|r| !as_record(r).is_live(now(s)))
+                };
                 if free {
                     s.record = Some(Rec {
                         incident: inc,
@@ -276,6 +300,7 @@ impl Protocol {
                     });
                     let seq = s.senders[i].seq;
                     s.claim(inc, seq);
+                    s.senders[i].takeover = takeover;
                     s.senders[i].pc = Pc::Send(inc);
                 } else {
                     // The put's condition failed: decide again on what is stored now.
@@ -286,17 +311,35 @@ impl Protocol {
                 let seq = s.senders[i].seq;
                 s.enqueue(true, inc, seq);
                 if self.host == Host::Embedded {
-                    s.answers.push(Answer::Created(inc));
-                    s.senders[i].pc = Pc::Done;
+                    s.senders[i].pc = Pc::Respond(Answer::Created(inc));
                 } else {
                     s.senders[i].pc = Pc::Mark(inc);
                 }
+            }
+            Pc::Respond(a) => {
+                if let Answer::Created(inc) = a {
+                    let first = s.senders[i].first;
+                    s.created.push((inc, first));
+                }
+                s.answers.push(a);
+                s.senders[i].pc = Pc::Done;
             }
             Pc::Mark(inc) => {
                 // MARK_QUEUED on NAMES_INCIDENT: a resolve may have released the key meanwhile.
                 if let Some(r) = s.record.as_mut().filter(|r| r.incident == inc) {
                     r.pending = false;
                 }
+                // A takeover finishes the crashed claim's admission under its incident id, so
+                // it counts from that claim (a resolve that read the stale claim comes after it).
+                let first = if s.senders[i].takeover {
+                    s.claimed_at
+                        .get(&inc)
+                        .copied()
+                        .unwrap_or(s.senders[i].first)
+                } else {
+                    s.senders[i].first
+                };
+                s.created.push((inc, first));
                 s.answers.push(Answer::Created(inc));
                 s.senders[i].pc = Pc::Done;
             }
@@ -313,6 +356,15 @@ impl Protocol {
                 s.senders[i].pc = Pc::Done;
             }
             Pc::Done => {}
+        }
+    }
+
+    /// Triage's `KeyRelease::release`: deletes the key if it still names `incident`.
+    fn release(&self, s: &mut State, incident: u8) {
+        if self.bug != Bug::TriageKeepsKeys
+            && s.record.as_ref().is_some_and(|r| r.incident == incident)
+        {
+            s.record = None;
         }
     }
 
@@ -335,10 +387,14 @@ impl Protocol {
             0 => {
                 if msg.firing {
                     // IncidentStore::open: inserted unless one with its id exists.
-                    s.incidents.entry(msg.incident).or_insert(Inc {
+                    let inc = s.incidents.entry(msg.incident).or_insert(Inc {
                         open: true,
                         resolved_by: None,
                     });
+                    // Already resolved: the key is given up if it still names it.
+                    if !inc.open {
+                        self.release(s, msg.incident);
+                    }
                 } else {
                     // IncidentStore::resolve: resolves, or inserts it resolved.
                     let seq = Some(msg.seq);
@@ -350,6 +406,8 @@ impl Protocol {
                         inc.open = false;
                         inc.resolved_by = seq;
                     }
+                    // KeyRelease: a key still naming the resolved incident is given up.
+                    self.release(s, msg.incident);
                 }
                 s.triage = Some((msg, 1));
             }
@@ -392,11 +450,15 @@ impl Model for Protocol {
                     pc: Pc::Start,
                     retries: 1,
                     seq: 0,
+                    first: 0,
+                    takeover: false,
                 })
                 .collect(),
             answers: Vec::new(),
             claimed_at: BTreeMap::new(),
             crashed_claims: BTreeSet::new(),
+            created: Vec::new(),
+            killed_dlq: BTreeSet::new(),
             next_id: 1,
             next_seq: 1,
             crashes: self.crashes,
@@ -427,6 +489,7 @@ impl Model for Protocol {
             actions.push(Action::TriageStep);
             if s.failures > 0 {
                 actions.push(Action::TriageFail);
+                actions.push(Action::TriageKilled);
             }
         }
     }
@@ -441,6 +504,20 @@ impl Model for Protocol {
                     s.crashed_claims.insert(inc);
                 }
                 s.senders[i].pc = Pc::Done;
+            }
+            Action::TriageKilled => {
+                s.failures -= 1;
+                let (msg, _) = s.triage.take()?;
+                if msg.receives >= self.max_receives {
+                    if msg.firing {
+                        s.killed_dlq.insert(msg.incident);
+                    }
+                    s.dlq.push(msg);
+                    s.dlq.sort();
+                } else {
+                    s.queue.push(msg);
+                    s.queue.sort();
+                }
             }
             Action::Tick => {
                 s.ticks -= 1;
@@ -501,14 +578,36 @@ impl Model for Protocol {
             Property::always(
                 "every 202 created ends as its incident, or in the DLQ with its key released",
                 |_, s: &State| {
+                    // A triage killed on the last receive runs no give_up: that key stays until
+                    // its TTL or a redrive (docs/protocol-model.md).
                     !s.quiescent()
-                        || s.answers.iter().all(|a| match a {
-                            Answer::Created(inc) => {
-                                s.incidents.contains_key(inc)
-                                    || (s.dlq.iter().any(|m| m.firing && m.incident == *inc)
-                                        && s.record.as_ref().is_none_or(|r| r.incident != *inc))
-                            }
-                            _ => true,
+                        || s.created.iter().all(|(inc, _)| {
+                            s.incidents.contains_key(inc)
+                                || (s.dlq.iter().any(|m| m.firing && m.incident == *inc)
+                                    && (s.killed_dlq.contains(inc)
+                                        || s.record.as_ref().is_none_or(|r| r.incident != *inc)))
+                        })
+                },
+            ),
+            Property::always(
+                "a 202 created is never closed by a resolve admitted before it",
+                |_, s: &State| {
+                    s.created.iter().all(|(inc, seq)| {
+                        s.incidents
+                            .get(inc)
+                            .and_then(|i| i.resolved_by)
+                            .is_none_or(|r| r > *seq)
+                    })
+                },
+            ),
+            Property::always(
+                "at rest, a held key names an open incident or a dead-lettered firing",
+                |_, s: &State| {
+                    !s.quiescent()
+                        || s.record.as_ref().is_none_or(|r| {
+                            r.pending
+                                || s.incidents.get(&r.incident).is_some_and(|i| i.open)
+                                || s.dlq.iter().any(|m| m.firing && m.incident == r.incident)
                         })
                 },
             ),
@@ -682,6 +781,22 @@ fn an_invocation_that_outlives_its_lease_is_caught() {
     ));
     assert!(
         failed.contains(&"never two open incidents for one key"),
+        "no counter-example: {failed:?}"
+    );
+}
+
+#[test]
+fn a_key_left_naming_a_resolved_incident_is_caught() {
+    // A resolve that dies between its SQS send and its release leaves the key naming an
+    // incident triage then resolves: every later firing would get a 409 for a closed incident.
+    let (failed, _) = check(protocol(
+        Host::Aws,
+        Bug::TriageKeepsKeys,
+        vec![FIRING, RESOLVE],
+        1,
+    ));
+    assert!(
+        failed.contains(&"at rest, a held key names an open incident or a dead-lettered firing"),
         "no counter-example: {failed:?}"
     );
 }

@@ -157,7 +157,10 @@ impl Triage {
                 }
                 let stored = self.incidents.open(incident).await?;
                 if stored.status == IncidentStatus::Resolved {
-                    // Resolved before this (redelivered or reordered) firing was triaged.
+                    // Resolved before this (redelivered or reordered) firing was triaged. A key
+                    // still naming it would turn every new firing into a 409 for a closed
+                    // incident: give it up (docs/protocol-model.md).
+                    self.keys.release(msg).await?;
                     return Ok(());
                 }
                 (stored, TaskKind::Dispatch)
@@ -165,7 +168,12 @@ impl Triage {
             AlertStatus::Resolved => {
                 incident.status = IncidentStatus::Resolved;
                 incident.resolved_at = Some(msg.received_at.clone());
-                (self.incidents.resolve(incident).await?, TaskKind::Cancel)
+                let stored = self.incidents.resolve(incident).await?;
+                // Admission released the key when it queued the resolve, unless it died in
+                // between or a retried firing took the claim over meanwhile; a key left naming
+                // a resolved incident is given up here (docs/protocol-model.md).
+                self.keys.release(msg).await?;
+                (stored, TaskKind::Cancel)
             }
             AlertStatus::Acknowledged => {
                 return match self

@@ -95,6 +95,12 @@ fn msg_pk(msg: &QueuedAlert) -> String {
 const CLAIM_CONDITION: &str =
     "attribute_not_exists(pk) OR expiresAt <= :now OR (pending = :yes AND leaseUntil <= :now)";
 
+/// Taking over a stale pending claim (same incident id) needs that very record still there: if a
+/// resolve released the key meanwhile, a takeover on the empty key would answer 202 for an
+/// incident the resolve closes, and hold the key for it. Found by the model checker
+/// (docs/protocol-model.md).
+const TAKEOVER_CONDITION: &str = "incidentId = :id AND pending = :yes AND leaseUntil <= :now";
+
 /// Marks a claimed record queued, provided it still names the claim's incident
 /// ([`NAMES_INCIDENT`]; a resolve may have raced the claim).
 const MARK_QUEUED: &str = "SET pending = :no";
@@ -107,12 +113,18 @@ fn mark_values(incident_id: &str) -> Item {
     ])
 }
 
-/// The values [`CLAIM_CONDITION`] names.
-fn claim_values(now: i64) -> Item {
-    HashMap::from([
+/// The condition of `p`'s claim and the values it names.
+fn claim_condition(p: &Pending, now: i64) -> (&'static str, Item) {
+    let mut values = HashMap::from([
         (":now".to_owned(), n(now)),
         (":yes".to_owned(), AttributeValue::Bool(true)),
-    ])
+    ]);
+    if p.takeover {
+        values.insert(":id".to_owned(), s(&p.msg.incident_id));
+        (TAKEOVER_CONDITION, values)
+    } else {
+        (CLAIM_CONDITION, values)
+    }
 }
 
 /// What a claim that lost to the record `old` answers. A record naming our own incident is our
@@ -165,6 +177,8 @@ struct Pending {
     index: usize,
     pk: String,
     msg: QueuedAlert,
+    /// The claim takes over a stale pending record under its incident id.
+    takeover: bool,
 }
 
 impl DynamoDedupKeys {
@@ -343,11 +357,12 @@ impl DynamoLedger {
             let items: Vec<aws_sdk_dynamodb::types::TransactWriteItem> = open
                 .iter()
                 .filter_map(|p| {
+                    let (condition, values) = claim_condition(p, now);
                     let put = aws_sdk_dynamodb::types::Put::builder()
                         .table_name(&self.keys.table)
                         .set_item(Some(self.claim_item(p, now)))
-                        .condition_expression(CLAIM_CONDITION)
-                        .set_expression_attribute_values(Some(claim_values(now)))
+                        .condition_expression(condition)
+                        .set_expression_attribute_values(Some(values))
                         .return_values_on_condition_check_failure(OnFail::AllOld)
                         .build()
                         .ok()?;
@@ -419,8 +434,8 @@ impl DynamoLedger {
             .put_item()
             .table_name(&self.keys.table)
             .set_item(Some(self.claim_item(p, now)))
-            .condition_expression(CLAIM_CONDITION)
-            .set_expression_attribute_values(Some(claim_values(now)))
+            .condition_expression(claim_condition(p, now).0)
+            .set_expression_attribute_values(Some(claim_condition(p, now).1))
             .return_values_on_condition_check_failure(OnFail::AllOld)
             .send()
             .await;
@@ -596,6 +611,7 @@ impl DynamoLedger {
             let fresh = p.msg.incident_id.clone();
             match decide(existing, p.msg.alert.status, now, || fresh) {
                 Decision::Create { incident_id } => {
+                    p.takeover = incident_id != p.msg.incident_id;
                     p.msg.incident_id = incident_id;
                     claims.push(p);
                 }
@@ -719,6 +735,7 @@ impl AlertLedger for DynamoLedger {
                     index,
                     pk: msg_pk(&msg),
                     msg,
+                    takeover: false,
                 }
             })
             .collect();
@@ -809,8 +826,11 @@ impl DynamoLedger {
         now: i64,
     ) -> Result<AlertResult, StoreError> {
         let ttl_ms = self.config.ttl.as_millis() as i64;
-        let mut values = claim_values(now);
-        values.insert(":id".into(), s(&msg.incident_id));
+        let values = HashMap::from([
+            (":now".to_owned(), n(now)),
+            (":yes".to_owned(), AttributeValue::Bool(true)),
+            (":id".to_owned(), s(&msg.incident_id)),
+        ]);
         let put = self
             .keys
             .ddb
