@@ -282,8 +282,10 @@ async fn state_changes_need_the_sessions_csrf_token_and_origin() {
     let c = Console::sign_in(&s, "acme").await;
     let before = s.app.directory.list_keys("acme").await.unwrap().len();
     // Forged token, missing token, right token from another origin.
+    // The real token with its last character changed (never to itself).
+    let last = if c.csrf.ends_with('x') { 'y' } else { 'x' };
     let forged = Console {
-        csrf: format!("{}x", &c.csrf[..c.csrf.len() - 1]),
+        csrf: format!("{}{last}", &c.csrf[..c.csrf.len() - 1]),
         ..Console {
             base: c.base.clone(),
             tenant: c.tenant.clone(),

@@ -17,6 +17,18 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
+/// The case count: `default`, or PROPTEST_CASES when set (to run longer).
+fn cases(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 /// One server (SQLite file, router) for all cases, driven in process.
 struct Harness {
     rt: tokio::runtime::Runtime,
@@ -86,7 +98,7 @@ fn post(provider: &str, body: &[u8], signed: bool) -> (u16, String) {
 
 fn assert_answered(provider: &str, status: u16, ct: &str) {
     assert!(
-        (200..500).contains(&status),
+        (200..300).contains(&status) || (400..500).contains(&status),
         "{provider}: {status} for stranger input"
     );
     if status >= 400 {
@@ -185,7 +197,7 @@ fn provider() -> impl Strategy<Value = Provider> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(cases(256))]
 
     #[test]
     fn arbitrary_bytes_are_answered_2xx_or_4xx(p in provider(), body in prop::collection::vec(any::<u8>(), 0..512), signed in any::<bool>()) {
@@ -251,7 +263,7 @@ proptest! {
 
 proptest! {
     // Straight calls are cheap: many more cases.
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(cases(2_000))]
 
     #[test]
     fn normalisers_never_panic(p in provider(), root in json_object(), signed in any::<bool>(), resource in prop::option::of(".{0,12}")) {
@@ -346,10 +358,7 @@ fn flipping_any_byte_of_a_signed_sns_field_fails_verification() {
     signer.sign(&mut env, "2");
     let m = causeflow_shared::sns::parse(&env).unwrap();
     causeflow_shared::sns::verify_with(&key, &m).unwrap();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 300,
-        ..ProptestConfig::default()
-    });
+    let mut runner = proptest::test_runner::TestRunner::new(cases(300));
     runner
         .run(
             &(
