@@ -351,11 +351,13 @@ async fn acknowledged_alerts_survive_sigkill_under_load() {
         doubled.is_empty(),
         "keys with two open incidents: {doubled:?}"
     );
-    assert_eq!(dispatch_dupes, 0, "a task was recorded twice");
+    assert!(
+        wrong_tasks.is_empty(),
+        "(incident, agents, tasks): {wrong_tasks:?}"
+    );
     assert!(
         created.len() > jobs / 2,
         "the load hardly ran: {} created",
         created.len()
     );
-    assert_eq!(restarts, kills);
 }
