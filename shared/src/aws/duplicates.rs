@@ -6,16 +6,16 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{KeysAndAttributes, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client as Ddb;
 use tracing::warn;
 
-use super::item::{get_n, get_s, n, s, unavailable};
+use super::item::{batch_get_by_pk, get_n, get_s, n, s, unavailable};
 use crate::error::StoreError;
 
 /// Counters outlive their incident's key; they go a little over a year after the last duplicate.
 const KEEP_SECS: i64 = 400 * 24 * 3600;
-/// DynamoDB's limits: items per transaction and keys per BatchGetItem.
+/// Items per transaction (DynamoDB's limit).
 const PER_CALL: usize = 100;
 
 /// The counter items.
@@ -102,55 +102,24 @@ impl DuplicateCounts {
         tenant: &str,
         incident_ids: &[&str],
     ) -> Result<HashMap<String, (u64, i64)>, StoreError> {
-        let mut out = HashMap::new();
         let prefix = format!("#dups#{tenant}#");
-        for chunk in incident_ids.chunks(PER_CALL) {
-            let keys = chunk
-                .iter()
-                .map(|id| HashMap::from([("pk".to_owned(), s(pk(tenant, id)))]))
-                .collect::<Vec<_>>();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .projection_expression("pk, #c, lastSeen")
-                    .expression_attribute_names("#c", "count")
-                    .build()
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
-            );
-            for attempt in 0..5u32 {
-                let Some(req) = request.take() else { break };
-                if attempt > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
-                }
-                let got = self
-                    .ddb
-                    .batch_get_item()
-                    .request_items(&self.table, req)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("read duplicate counts", e))?;
-                let items = got
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default();
-                for item in items {
-                    let id =
-                        get_s(&item, "pk").and_then(|p| p.strip_prefix(&prefix).map(str::to_owned));
-                    if let (Some(id), Some(c)) = (id, get_n(&item, "count")) {
-                        out.insert(id, (c.max(0) as u64, get_n(&item, "lastSeen").unwrap_or(0)));
-                    }
-                }
-                request = got
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys.is_empty());
-            }
-            if request.is_some() {
-                return Err(StoreError::Unavailable(
-                    "read duplicate counts: keys left unprocessed after 5 attempts".into(),
-                ));
-            }
-        }
-        Ok(out)
+        let pks: Vec<String> = incident_ids.iter().map(|id| pk(tenant, id)).collect();
+        let items = batch_get_by_pk(
+            &self.ddb,
+            &self.table,
+            &pks,
+            "pk, #c, lastSeen",
+            &[("#c", "count")],
+            "read duplicate counts",
+        )
+        .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let id = get_s(item, "pk")?.strip_prefix(&prefix)?.to_owned();
+                let c = get_n(item, "count")?;
+                Some((id, (c.max(0) as u64, get_n(item, "lastSeen").unwrap_or(0))))
+            })
+            .collect())
     }
 }

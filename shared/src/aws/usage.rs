@@ -6,17 +6,14 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::KeysAndAttributes;
 use aws_sdk_dynamodb::Client as Ddb;
 
-use super::item::{get_n, get_s, n, s, unavailable};
+use super::item::{batch_get_by_pk, get_n, get_s, n, s, unavailable};
 use crate::error::StoreError;
 use crate::ports::KeyUsage;
 
 /// How long a use is kept once the key is no longer used.
 const KEEP_SECS: i64 = 400 * 24 * 3600;
-/// BatchGetItem's limit.
-const BATCH: usize = 100;
 
 /// [`KeyUsage`] on the dedup table.
 #[derive(Clone)]
@@ -67,55 +64,22 @@ impl KeyUsage for DynamoKeyUsage {
     }
 
     async fn last_used(&self, key_ids: &[String]) -> Result<HashMap<String, i64>, StoreError> {
-        let mut out = HashMap::new();
-        for chunk in key_ids.chunks(BATCH) {
-            let keys = chunk
-                .iter()
-                .map(|k| HashMap::from([("pk".to_owned(), s(pk(k)))]))
-                .collect::<Vec<_>>();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .projection_expression("pk, lastUsedAt")
-                    .build()
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
-            );
-            // Unprocessed keys (throttling) are asked for again with backoff, a bounded number
-            // of times; keys still unread then are an error, not "never used".
-            for attempt in 0..5u32 {
-                let Some(req) = request.take() else { break };
-                if attempt > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
-                }
-                let got = self
-                    .ddb
-                    .batch_get_item()
-                    .request_items(&self.table, req)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("read key use", e))?;
-                for item in got
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    if let (Some(p), Some(at)) = (get_s(&item, "pk"), get_n(&item, "lastUsedAt")) {
-                        if let Some(id) = p.strip_prefix("#keyuse#") {
-                            out.insert(id.to_owned(), at);
-                        }
-                    }
-                }
-                request = got
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys.is_empty());
-            }
-            if request.is_some() {
-                return Err(StoreError::Unavailable(
-                    "read key use: keys left unprocessed after 5 attempts".into(),
-                ));
-            }
-        }
-        Ok(out)
+        let pks: Vec<String> = key_ids.iter().map(|k| pk(k)).collect();
+        let items = batch_get_by_pk(
+            &self.ddb,
+            &self.table,
+            &pks,
+            "pk, lastUsedAt",
+            &[],
+            "read key use",
+        )
+        .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let id = get_s(item, "pk")?.strip_prefix("#keyuse#")?.to_owned();
+                Some((id, get_n(item, "lastUsedAt")?))
+            })
+            .collect())
     }
 }
