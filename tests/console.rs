@@ -564,6 +564,35 @@ async fn the_management_api_manages_keys_agents_and_topics() {
         .0,
         204
     );
+    // Bounds the docs promise: a Sentry secret of at most 512 bytes, at most 100 keys.
+    let (st, p) = c
+        .api(
+            M::PUT,
+            &format!("keys/{key_id}/sentry-secret"),
+            Some(json!({"clientSecret": "s".repeat(513)})),
+        )
+        .await;
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (400, Some("invalid_payload")),
+        "{p}"
+    );
+    let held = s.app.directory.list_keys("acme").await.unwrap().len();
+    for n in held..causeflow_shared::console::MAX_KEYS_PER_TENANT {
+        s.app
+            .directory
+            .create_key("acme", &format!("filler-{n}"))
+            .await
+            .unwrap();
+    }
+    let (st, p) = c
+        .api(M::POST, "keys", Some(json!({"name": "one-too-many"})))
+        .await;
+    assert_eq!(
+        (st, p["code"].as_str()),
+        (400, Some("invalid_payload")),
+        "{p}"
+    );
     let (st, p) = c.api(M::POST, "keys", Some(json!({"name": ""}))).await;
     assert_eq!(st, 400);
     assert_eq!(p["code"], "invalid_payload");

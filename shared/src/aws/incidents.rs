@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::Client as Ddb;
 use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sns::Client as Sns;
 
-use super::item::{get_s, n, s, unavailable, Item};
+use super::item::{get_s, is_ccf, n, s, unavailable, Item};
 use crate::error::StoreError;
 use crate::model::{DispatchTask, Incident, IncidentStatus, TaskKind};
 use crate::now_ms;
@@ -22,15 +22,6 @@ pub struct DynamoIncidents {
     table: String,
     /// Readers merge duplicate counts; triage, which writes incidents, leaves them out.
     duplicates: Option<super::duplicates::DuplicateCounts>,
-}
-
-fn is_ccf<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    e.as_service_error()
-        .and_then(|se| se.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
 fn decode(item: &Item) -> Result<Incident, StoreError> {

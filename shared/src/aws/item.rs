@@ -33,6 +33,16 @@ pub fn get_bool(item: &Item, k: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a call failed on its condition (someone else's write won), whatever the operation.
+pub fn is_ccf<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error()
+        .and_then(|se| se.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
 /// Any SDK failure: the store is unavailable for this request (503, the sender retries).
 pub fn unavailable<E: std::error::Error + 'static>(what: &str, e: E) -> StoreError {
     StoreError::Unavailable(format!(

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
 use aws_sdk_dynamodb::Client as Ddb;
 
-use super::item::{get_n, get_s, n, s, unavailable};
+use super::item::{get_n, get_s, is_ccf, n, s, unavailable};
 use crate::error::StoreError;
 use crate::ports::{ConsoleSession, ConsoleSessions};
 
@@ -37,15 +37,6 @@ fn session_id(session_hash: &str) -> String {
 /// DynamoDB's TTL is in seconds: round up, so an item is never dropped before it expires.
 fn ttl_secs(expires_at_ms: i64) -> i64 {
     expires_at_ms.div_euclid(1000) + 1
-}
-
-fn is_ccf<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    e.as_service_error()
-        .and_then(|se| se.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
 impl DynamoSessions {

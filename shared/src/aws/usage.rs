@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client as Ddb;
 
-use super::item::{batch_get_by_pk, get_n, get_s, n, s, unavailable};
+use super::item::{batch_get_by_pk, get_n, get_s, is_ccf, n, s, unavailable};
 use crate::error::StoreError;
 use crate::ports::KeyUsage;
 
@@ -53,12 +53,7 @@ impl KeyUsage for DynamoKeyUsage {
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_ccf(&e) => Ok(()),
             Err(e) => Err(unavailable("record key use", e)),
         }
     }
