@@ -17,6 +17,9 @@ use cli::sign::sign_stdin;
 use cli::subscriptions::{subscriptions, SubscriptionsCmd};
 use cli::tenants::{tenants, TenantsCmd};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "causeflow", version, about = "CauseFlow alert ingest")]
 struct Cli {

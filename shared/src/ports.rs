@@ -193,6 +193,16 @@ impl IncidentPage {
 pub trait Dispatcher: Send + Sync {
     /// Publishes `task`; publishing the same `task_id` again is a no-op.
     async fn dispatch(&self, task: &DispatchTask) -> Result<(), StoreError>;
+
+    /// Publishes several tasks. One call per incident lets a store write them together (the
+    /// embedded outbox takes one commit slot instead of one per agent); the default publishes
+    /// them one by one, in order.
+    async fn dispatch_all(&self, tasks: &[DispatchTask]) -> Result<(), StoreError> {
+        for task in tasks {
+            self.dispatch(task).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A key as `keys list` shows it: never the key or its secrets.

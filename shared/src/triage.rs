@@ -196,10 +196,12 @@ impl Triage {
                 ))
             }
         };
-        for agent in &stored.agents {
-            let task = task(&stored, agent, kind, &now);
-            self.dispatcher.dispatch(&task).await?;
-        }
+        let tasks: Vec<DispatchTask> = stored
+            .agents
+            .iter()
+            .map(|agent| task(&stored, agent, kind, &now))
+            .collect();
+        self.dispatcher.dispatch_all(&tasks).await?;
         if kind == TaskKind::Dispatch {
             // A resolve triaged meanwhile may have sent its cancels before these dispatches:
             // cancel again after them (cancel ids are stable, so this never doubles one).
@@ -208,10 +210,12 @@ impl Triage {
                 .get(&stored.tenant_id, &stored.incident_id)
                 .await?;
             if let Some(resolved) = latest.filter(|i| i.status == IncidentStatus::Resolved) {
-                for agent in &resolved.agents {
-                    let task = task(&resolved, agent, TaskKind::Cancel, &now);
-                    self.dispatcher.dispatch(&task).await?;
-                }
+                let cancels: Vec<DispatchTask> = resolved
+                    .agents
+                    .iter()
+                    .map(|agent| task(&resolved, agent, TaskKind::Cancel, &now))
+                    .collect();
+                self.dispatcher.dispatch_all(&cancels).await?;
             }
         }
         info!(severity = %stored.severity, agents = stored.agents.len(), ?kind, "triaged");

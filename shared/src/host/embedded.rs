@@ -24,6 +24,12 @@ use crate::sqlite::{
 };
 use crate::triage::Triage;
 
+/// Queued alerts triage takes per receive. Their writes join the same group commits, so a
+/// larger batch costs fewer commits per alert; SQS's own limit (10) does not apply here.
+const TRIAGE_BATCH: usize = 64;
+/// Triage loops running at once; the queue's visibility timeout keeps their batches apart.
+const TRIAGE_WORKERS: usize = 4;
+
 /// Settings of the one-machine host.
 #[derive(Debug, Clone)]
 pub struct EmbeddedConfig {
@@ -244,7 +250,11 @@ impl Embedded {
             );
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let triage = tokio::spawn(self.clone().triage_loop(stop_rx.clone()));
+        // Several loops, so one batch's commits overlap the next batch's receive: a single loop
+        // waits out four commits per batch and fell behind admission under load.
+        let triage: Vec<_> = (0..TRIAGE_WORKERS)
+            .map(|_| tokio::spawn(self.clone().triage_loop(stop_rx.clone())))
+            .collect();
         let delivery = self
             .config
             .agent_webhook
@@ -261,7 +271,9 @@ impl Embedded {
         };
         let served = server::serve(listener, self.router(), self.config.limits, shutdown).await;
         let _ = stop_tx.send(true);
-        let _ = triage.await;
+        for t in triage {
+            let _ = t.await;
+        }
         if let Some(d) = delivery {
             let _ = d.await;
         }
@@ -275,7 +287,7 @@ impl Embedded {
         let signals = self.db.signals();
         let visibility_ms = self.config.visibility.as_millis() as i64;
         while !*stop.borrow() {
-            match self.queue.receive(10, visibility_ms).await {
+            match self.queue.receive(TRIAGE_BATCH, visibility_ms).await {
                 Ok(batch) if !batch.is_empty() => {
                     let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
                     let failed = self.triage.handle_batch(batch).await;

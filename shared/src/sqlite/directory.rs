@@ -3,6 +3,10 @@
 //! records. Every lookup reads the database, so keys created or revoked by another process take
 //! effect on the next request.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
@@ -20,7 +24,15 @@ use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 #[derive(Clone)]
 pub struct SqliteDirectory {
     db: Db,
+    overrides: Arc<Mutex<HashMap<String, (Instant, AgentOverrides)>>>,
 }
+
+/// How long triage reuses a tenant's agent table before reading it again. Changes made through
+/// this process (the console) apply at once; `causeflow tenants` from another process within
+/// this time. Triage read it once per alert, a read transaction each.
+const OVERRIDES_TTL: Duration = Duration::from_secs(1);
+/// Tenants whose agent tables are kept; beyond this the cache starts over.
+const OVERRIDES_CACHED: usize = 10_000;
 
 fn ms_to_rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -56,7 +68,10 @@ fn update_key(
 
 impl SqliteDirectory {
     pub fn new(db: Db) -> Self {
-        SqliteDirectory { db }
+        SqliteDirectory {
+            db,
+            overrides: Arc::default(),
+        }
     }
 
     /// Whether no tenant exists yet (first start of `causeflow serve`).
@@ -202,7 +217,9 @@ impl KeyAdmin for SqliteDirectory {
                 )?;
                 Ok(())
             })
-            .await
+            .await?;
+        self.overrides.lock().expect("overrides").remove(tenant);
+        Ok(())
     }
 
     async fn allowed_topics(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
@@ -249,51 +266,60 @@ impl KeyAdmin for SqliteDirectory {
 #[async_trait]
 impl ApiKeys for SqliteDirectory {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let h = key_hash.to_owned();
-        self.db
-            .read(move |c| {
-                let mut st = c.prepare_cached(
-                    "SELECT key_id, tenant_id, name, webhook_secret, previous_secret,
+        self.db.read_now(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT key_id, tenant_id, name, webhook_secret, previous_secret,
                             sentry_client_secret, revoked_at IS NOT NULL
                      FROM api_keys WHERE key_hash = ?1",
-                )?;
-                Ok(st
-                    .query_row([h], |r| {
-                        let mut secrets = vec![r.get::<_, String>(3)?];
-                        if let Some(prev) = r.get::<_, Option<String>>(4)? {
-                            secrets.push(prev);
-                        }
-                        Ok(KeyRecord {
-                            key_id: r.get(0)?,
-                            tenant_id: r.get(1)?,
-                            name: r.get(2)?,
-                            webhook_secrets: secrets,
-                            sentry_client_secret: r.get(5)?,
-                            revoked: r.get(6)?,
-                        })
+            )?;
+            Ok(st
+                .query_row([key_hash], |r| {
+                    let mut secrets = vec![r.get::<_, String>(3)?];
+                    if let Some(prev) = r.get::<_, Option<String>>(4)? {
+                        secrets.push(prev);
+                    }
+                    Ok(KeyRecord {
+                        key_id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        name: r.get(2)?,
+                        webhook_secrets: secrets,
+                        sentry_client_secret: r.get(5)?,
+                        revoked: r.get(6)?,
                     })
-                    .optional()?)
-            })
-            .await
+                })
+                .optional()?)
+        })
     }
 }
 
 #[async_trait]
 impl TenantSettings for SqliteDirectory {
     async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
-        let t = tenant_id.to_owned();
-        let json: Option<String> = self
-            .db
-            .read(move |c| {
-                Ok(c.query_row(
-                    "SELECT agent_overrides FROM tenants WHERE tenant_id = ?1",
-                    [t],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten())
-            })
-            .await?;
+        if let Some((at, o)) = self.overrides.lock().expect("overrides").get(tenant_id) {
+            if at.elapsed() < OVERRIDES_TTL {
+                return Ok(o.clone());
+            }
+        }
+        let read = self.read_overrides(tenant_id)?;
+        let mut cache = self.overrides.lock().expect("overrides");
+        if cache.len() >= OVERRIDES_CACHED {
+            cache.clear();
+        }
+        cache.insert(tenant_id.to_owned(), (Instant::now(), read.clone()));
+        Ok(read)
+    }
+}
+
+impl SqliteDirectory {
+    fn read_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
+        let json: Option<String> = self.db.read_now(|c| {
+            Ok(
+                c.prepare_cached("SELECT agent_overrides FROM tenants WHERE tenant_id = ?1")?
+                    .query_row([tenant_id], |r| r.get(0))
+                    .optional()?
+                    .flatten(),
+            )
+        })?;
         match json {
             None => Ok(AgentOverrides::default()),
             Some(j) => serde_json::from_str(&j)

@@ -143,8 +143,7 @@ impl IncidentStore for SqliteIncidents {
         tenant_id: &str,
         incident_id: &str,
     ) -> Result<Option<Incident>, StoreError> {
-        let (t, i) = (tenant_id.to_owned(), incident_id.to_owned());
-        self.db.read(move |c| get(c, &t, &i)).await
+        self.db.read_now(|c| get(c, tenant_id, incident_id))
     }
 
     async fn list(&self, tenant_id: &str, q: &IncidentQuery) -> Result<IncidentPage, StoreError> {
@@ -295,29 +294,41 @@ fn select_rows(
 #[async_trait]
 impl Dispatcher for SqliteDispatcher {
     async fn dispatch(&self, task: &DispatchTask) -> Result<(), StoreError> {
-        let body = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let t = task.clone();
+        self.dispatch_all(std::slice::from_ref(task)).await
+    }
+
+    async fn dispatch_all(&self, tasks: &[DispatchTask]) -> Result<(), StoreError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let rows = tasks
+            .iter()
+            .map(|t| Ok((t.clone(), serde_json::to_string(t)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.db
             .write(move |c| {
                 let now = now_ms();
-                c.prepare_cached(
+                let mut st = c.prepare_cached(
                     "INSERT OR IGNORE INTO dispatches(task_id, tenant_id, incident_id, agent, kind,
                         severity, body, created_at, next_attempt_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                )?
-                .execute(params![
-                    t.task_id,
-                    t.tenant_id,
-                    t.incident_id,
-                    t.agent,
-                    match t.kind {
-                        TaskKind::Dispatch => "dispatch",
-                        TaskKind::Cancel => "cancel",
-                    },
-                    t.severity.as_str(),
-                    body,
-                    now
-                ])?;
+                )?;
+                for (t, body) in rows {
+                    st.execute(params![
+                        t.task_id,
+                        t.tenant_id,
+                        t.incident_id,
+                        t.agent,
+                        match t.kind {
+                            TaskKind::Dispatch => "dispatch",
+                            TaskKind::Cancel => "cancel",
+                        },
+                        t.severity.as_str(),
+                        body,
+                        now
+                    ])?;
+                }
                 Ok(())
             })
             .await?;

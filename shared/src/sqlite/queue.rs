@@ -52,44 +52,57 @@ impl SqliteQueue {
         visibility_ms: i64,
     ) -> Result<Vec<QueueRecord>, StoreError> {
         // An idle poll is a read: it takes no turn on the writer.
-        let due = self
-            .db
-            .read(|c| {
-                Ok(
-                    c.prepare_cached("SELECT EXISTS(SELECT 1 FROM queue WHERE visible_at <= ?1)")?
-                        .query_row([now_ms()], |r| r.get::<_, bool>(0))?,
-                )
-            })
-            .await?;
+        let due = self.db.read_now(|c| {
+            Ok(
+                c.prepare_cached("SELECT EXISTS(SELECT 1 FROM queue WHERE visible_at <= ?1)")?
+                    .query_row([now_ms()], |r| r.get::<_, bool>(0))?,
+            )
+        })?;
         if !due {
             return Ok(Vec::new());
         }
         self.db
             .write(move |c| {
                 let now = now_ms();
-                c.execute(
+                // Only the messages this receive takes are looked at: the oldest visible ones, in
+                // index order. (Scanning every visible row for ones to dead-letter made each
+                // receive cost the whole backlog, so triage slowed down as it fell behind.)
+                let mut take = c.prepare_cached(
+                    "SELECT id, body, receive_count FROM queue WHERE visible_at <= ?1
+                     ORDER BY visible_at, id LIMIT ?2",
+                )?;
+                let rows = take
+                    .query_map(params![now, max as i64], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut bury = c.prepare_cached(
                     "INSERT INTO dead_letters(id, body, receive_count, enqueued_at, dead_at)
-                     SELECT id, body, receive_count, enqueued_at, ?1 FROM queue
-                     WHERE visible_at <= ?1 AND receive_count >= ?2",
-                    params![now, MAX_RECEIVES],
+                     SELECT id, body, receive_count, enqueued_at, ?2 FROM queue WHERE id = ?1",
                 )?;
-                c.execute(
-                    "DELETE FROM queue WHERE visible_at <= ?1 AND receive_count >= ?2",
-                    params![now, MAX_RECEIVES],
+                let mut delete = c.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+                let mut hide = c.prepare_cached(
+                    "UPDATE queue SET visible_at = ?2, receive_count = receive_count + 1
+                     WHERE id = ?1",
                 )?;
-                let mut st = c.prepare_cached(
-                    "UPDATE queue SET visible_at = ?1 + ?2, receive_count = receive_count + 1
-                     WHERE id IN (SELECT id FROM queue WHERE visible_at <= ?1 ORDER BY id LIMIT ?3)
-                     RETURNING id, body, receive_count",
-                )?;
-                let rows = st.query_map(params![now, visibility_ms, max as i64], |r| {
-                    Ok(QueueRecord {
-                        id: r.get::<_, i64>(0)?.to_string(),
-                        body: r.get(1)?,
-                        receive_count: r.get(2)?,
-                    })
-                })?;
-                let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (id, body, receive_count) in rows {
+                    if receive_count >= MAX_RECEIVES {
+                        bury.execute(params![id, now])?;
+                        delete.execute([id])?;
+                        continue;
+                    }
+                    hide.execute(params![id, now + visibility_ms])?;
+                    out.push(QueueRecord {
+                        id: id.to_string(),
+                        body,
+                        receive_count: (receive_count + 1) as u32,
+                    });
+                }
                 out.sort_by_key(|r| r.id.parse::<i64>().unwrap_or(0));
                 Ok(out)
             })
