@@ -1987,3 +1987,212 @@ async fn crashes_under_load_on_the_aws_adapters_lose_nothing() {
         "aws chaos: 192 alerts, {crashed} crashed after their put and taken over, {duplicates} duplicates, {redelivered} redeliveries, lost 0"
     );
 }
+
+/// A loopback proxy in front of the emulator that records each AWS operation it forwards, so a
+/// whole path (router, ledger, triage, dispatcher) is counted without touching its clients.
+struct CallLog {
+    url: String,
+    ops: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+}
+
+impl CallLog {
+    async fn start() -> CallLog {
+        let upstream = endpoint();
+        let ops: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let client = reqwest::Client::new();
+        let log = ops.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (client, log, upstream) = (client.clone(), log.clone(), upstream.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = http_body_util::BodyExt::collect(body)
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let op = match parts.headers.get("x-amz-target") {
+                    // DynamoDB_20120810.PutItem, AmazonSQS.SendMessage
+                    Some(t) => {
+                        let t = t.to_str().unwrap();
+                        let (service, name) = t.split_once('.').unwrap();
+                        let service = if service.starts_with("DynamoDB") {
+                            "DynamoDB"
+                        } else {
+                            "SQS"
+                        };
+                        format!("{service} {name}")
+                    }
+                    // The query protocol (SNS): Action=Publish&...
+                    None => format!(
+                        "SNS {}",
+                        url::form_urlencoded::parse(&body)
+                            .find(|(k, _)| k == "Action")
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default()
+                    ),
+                };
+                *log.lock().unwrap().entry(op).or_default() += 1;
+                let mut fwd = client.request(
+                    parts.method.clone(),
+                    format!("{upstream}{}", parts.uri.path_and_query().unwrap()),
+                );
+                for (k, v) in &parts.headers {
+                    if k != "host" && k != "content-length" {
+                        fwd = fwd.header(k, v);
+                    }
+                }
+                let resp = fwd.body(body).send().await.unwrap();
+                let mut answer = http::Response::builder().status(resp.status());
+                for (k, v) in resp.headers() {
+                    if k != "transfer-encoding" && k != "content-length" && k != "connection" {
+                        answer = answer.header(k, v);
+                    }
+                }
+                answer
+                    .body(axum::body::Body::from(resp.bytes().await.unwrap()))
+                    .unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        CallLog { url, ops }
+    }
+
+    /// An SDK configuration whose calls go through the proxy.
+    async fn sdk(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.url)
+            .load()
+            .await
+    }
+
+    fn take(&self) -> BTreeMap<String, usize> {
+        std::mem::take(&mut self.ops.lock().unwrap())
+    }
+}
+
+/// Per alert: each operation's count divided by the alerts, as "N" or "N/d".
+fn per_alert(ops: &BTreeMap<String, usize>, alerts: usize) -> BTreeMap<String, String> {
+    ops.iter()
+        .map(|(k, &n)| {
+            let v = if n % alerts == 0 {
+                format!("{}", n / alerts)
+            } else {
+                format!("{n}/{alerts}")
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// What one alert costs in AWS calls, counted at the wire through the real ingest router,
+/// triage handler and dispatcher, for the cost table in README.md (docs/operations.md#cost).
+/// The counts are exact and asserted, so the table cannot silently go stale; the handler times
+/// against the emulator are printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_calls_per_alert_are_counted() {
+    let stack = Stack::create().await;
+    stack.store_dev_key().await;
+    let log = CallLog::start().await;
+    let sdk = log.sdk().await;
+    let app = router(ingest_state(&sdk, &stack.ingest_config()));
+    let triage = triage(&sdk, &stack.triage_config());
+    let n = 10;
+    let alert = |i: usize, status: &str| {
+        json!({"sourceAlertId": format!("cost-{i}"), "title": "checkout 5xx", "status": status,
+               "severity": "high", "service": "checkout"})
+    };
+    // The key's last use is written once a minute: let this first request take that write.
+    let (status, _) = generic(&app, &alert(n, "firing")).await;
+    assert_eq!(status, 202);
+    stack.run_triage(&triage).await;
+    log.take();
+
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let (status, body) = generic(&app, &alert(i, "firing")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let ingest_firing = log.take();
+    let ingest_ms = started.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    for i in 0..n {
+        let (status, _) = generic(&app, &alert(i, "firing")).await;
+        assert_eq!(status, 409);
+    }
+    let ingest_duplicate = log.take();
+    let started = std::time::Instant::now();
+    assert!(stack.run_triage(&triage).await.is_empty());
+    let triage_ms = started.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    let triage_firing = log.take();
+    for i in 0..n {
+        let (status, _) = generic(&app, &alert(i, "resolved")).await;
+        assert_eq!(status, 202);
+    }
+    let ingest_resolve = log.take();
+    assert!(stack.run_triage(&triage).await.is_empty());
+    let triage_resolve = log.take();
+
+    let table = [
+        ("ingest, a new firing alert", per_alert(&ingest_firing, n)),
+        ("ingest, a duplicate (409)", per_alert(&ingest_duplicate, n)),
+        (
+            "triage, a firing alert (3 agents)",
+            per_alert(&triage_firing, n),
+        ),
+        ("ingest, a resolve", per_alert(&ingest_resolve, n)),
+        (
+            "triage, a resolve (3 cancels)",
+            per_alert(&triage_resolve, n),
+        ),
+    ];
+    for (what, calls) in &table {
+        eprintln!("AWS calls per alert, {what}: {calls:?}");
+    }
+    eprintln!(
+        "handler time against the emulator on loopback: ingest {ingest_ms:.1} ms per request, \
+         triage {triage_ms:.1} ms per alert (in batches of up to 10)"
+    );
+    let expect = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // Keep README.md#what-a-million-alerts-cost-on-aws in step with these.
+    let ingest_common = [("DynamoDB BatchGetItem", "1"), ("DynamoDB GetItem", "1")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut all = ingest_common.to_vec();
+        all.extend_from_slice(extra);
+        expect(&all)
+    };
+    assert_eq!(
+        table[0].1,
+        with(&[
+            ("DynamoDB PutItem", "1"),
+            ("DynamoDB UpdateItem", "1"),
+            ("SQS SendMessageBatch", "1"),
+        ]),
+        "ingest, firing"
+    );
+    assert_eq!(
+        table[1].1,
+        with(&[("DynamoDB UpdateItem", "1")]),
+        "ingest, duplicate"
+    );
+    let tasks = [
+        ("DynamoDB PutItem", "4"),
+        ("DynamoDB UpdateItem", "3"),
+        ("SNS Publish", "3"),
+    ];
+    let mut firing = tasks.to_vec();
+    firing.push(("DynamoDB GetItem", "1"));
+    assert_eq!(table[2].1, expect(&firing), "triage, firing");
+    assert_eq!(
+        table[3].1,
+        with(&[("DynamoDB DeleteItem", "1"), ("SQS SendMessageBatch", "1")]),
+        "ingest, resolve"
+    );
+    let mut resolve = firing.clone();
+    resolve.push(("DynamoDB DeleteItem", "1"));
+    assert_eq!(table[4].1, expect(&resolve), "triage, resolve");
+}

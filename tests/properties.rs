@@ -337,6 +337,7 @@ proptest! {
             incident_id: "inc_1".into(),
             alert,
             received_at: "2026-01-01T00:00:00.000Z".into(),
+            request_id: None,
         };
         let body = msg.to_queue_body();
         prop_assert!(body.chars().all(causeflow_shared::model::sqs_accepts), "{:?}", body);

@@ -309,6 +309,7 @@ fn queued(s: &Server, incident_id: &str, status: AlertStatus) -> QueuedAlert {
             unsigned: false,
         },
         received_at: "2026-11-28T09:41:00.000Z".into(),
+        request_id: None,
     }
 }
 

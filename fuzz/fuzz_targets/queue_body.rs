@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         incident_id: "inc_1".into(),
         alert,
         received_at: "2026-01-01T00:00:00.000Z".into(),
+        request_id: None,
     };
     let body = msg.to_queue_body();
     assert!(body.chars().all(causeflow_shared::model::sqs_accepts));

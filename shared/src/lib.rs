@@ -23,6 +23,7 @@ pub mod ports;
 pub mod sns;
 #[cfg(feature = "embedded")]
 pub mod sqlite;
+pub mod telemetry;
 pub mod triage;
 pub mod validate;
 

@@ -238,6 +238,27 @@ pub enum Outcome {
     Acknowledged,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Created,
+        Outcome::Duplicate,
+        Outcome::Resolved,
+        Outcome::Ignored,
+        Outcome::Acknowledged,
+    ];
+
+    /// The JSON name, also the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Resolved => "resolved",
+            Outcome::Ignored => "ignored",
+            Outcome::Acknowledged => "acknowledged",
+        }
+    }
+}
+
 /// The per-alert answer of an ingest request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -271,6 +292,10 @@ pub struct QueuedAlert {
     pub alert: Alert,
     /// RFC 3339 time the request was accepted.
     pub received_at: String,
+    /// The admitting request's id (`X-Request-Id`), so triage's log lines for this alert carry
+    /// it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// SQS's message size limit; queued alerts are cut to fit it.
@@ -450,6 +475,15 @@ pub enum TaskKind {
     Cancel,
 }
 
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Dispatch => "dispatch",
+            TaskKind::Cancel => "cancel",
+        }
+    }
+}
+
 /// One message to one investigation agent (docs/contract.md#severity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -532,6 +566,7 @@ mod tests {
             incident_id: "inc_1".into(),
             alert,
             received_at: "2026-11-28T00:00:00Z".into(),
+            request_id: None,
         }
     }
 

@@ -111,3 +111,47 @@ mod tests {
         assert!(!valid_agent_name("Logs"));
     }
 }
+
+/// Tenants' agent tables as triage last read them, reused for a short time: triage asks once
+/// per alert, and each ask was a read (a DynamoDB GetItem per alert on AWS). Bounded: past
+/// `MAX_TENANTS` entries it starts over.
+#[derive(Debug)]
+pub struct OverridesCache {
+    ttl: std::time::Duration,
+    map: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, AgentOverrides)>>,
+}
+
+impl OverridesCache {
+    const MAX_TENANTS: usize = 10_000;
+
+    pub fn new(ttl: std::time::Duration) -> Self {
+        OverridesCache {
+            ttl,
+            map: Default::default(),
+        }
+    }
+
+    /// The table read less than the TTL ago, if any.
+    pub fn get(&self, tenant: &str) -> Option<AgentOverrides> {
+        let map = self.map.lock().expect("overrides cache");
+        map.get(tenant)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, o)| o.clone())
+    }
+
+    pub fn put(&self, tenant: &str, overrides: &AgentOverrides) {
+        let mut map = self.map.lock().expect("overrides cache");
+        if map.len() >= Self::MAX_TENANTS {
+            map.clear();
+        }
+        map.insert(
+            tenant.to_owned(),
+            (std::time::Instant::now(), overrides.clone()),
+        );
+    }
+
+    /// Drops a tenant's entry after this process changed its table.
+    pub fn forget(&self, tenant: &str) {
+        self.map.lock().expect("overrides cache").remove(tenant);
+    }
+}

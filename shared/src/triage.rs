@@ -80,6 +80,9 @@ impl Triage {
                 if result.is_err() && last {
                     this.give_up(&msg).await;
                 }
+                if result.is_ok() {
+                    crate::telemetry::triaged(since(&msg.received_at));
+                }
                 result
             });
             ids.insert(handle.id(), id);
@@ -92,6 +95,7 @@ impl Triage {
                 Err(e) => (e.id(), Err(format!("triage panicked: {e}"))),
             };
             if let Err(e) = result {
+                crate::telemetry::triage_failed();
                 let id = ids.remove(&task).unwrap_or_default();
                 warn!(message_id = %id, error = %e, "triage failed; the message will be redelivered");
                 failed.push(id);
@@ -123,7 +127,8 @@ impl Triage {
     }
 
     /// Records the incident and dispatches (or cancels) its agents.
-    #[instrument(skip(self, msg), fields(tenant = %msg.tenant_id, incident = %msg.incident_id))]
+    #[instrument(skip(self, msg), fields(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                                         request_id = msg.request_id.as_deref()))]
     pub async fn process(&self, msg: &QueuedAlert) -> Result<(), TriageError> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let a = &msg.alert;
@@ -202,6 +207,7 @@ impl Triage {
             .map(|agent| task(&stored, agent, kind, &now))
             .collect();
         self.dispatcher.dispatch_all(&tasks).await?;
+        crate::telemetry::tasks(kind.as_str(), tasks.len());
         if kind == TaskKind::Dispatch {
             // A resolve triaged meanwhile may have sent its cancels before these dispatches:
             // cancel again after them (cancel ids are stable, so this never doubles one).
@@ -216,11 +222,21 @@ impl Triage {
                     .map(|agent| task(&resolved, agent, TaskKind::Cancel, &now))
                     .collect();
                 self.dispatcher.dispatch_all(&cancels).await?;
+                crate::telemetry::tasks(TaskKind::Cancel.as_str(), cancels.len());
             }
         }
         info!(severity = %stored.severity, agents = stored.agents.len(), ?kind, "triaged");
         Ok(())
     }
+}
+
+/// Time since an RFC 3339 instant (a queued alert's `receivedAt`); `None` if it does not parse
+/// or lies in the future.
+fn since(rfc3339: &str) -> Option<std::time::Duration> {
+    let at = chrono::DateTime::parse_from_rfc3339(rfc3339).ok()?;
+    (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+        .to_std()
+        .ok()
 }
 
 /// A task for one agent with its stable id.

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// own host.
     #[arg(long, env = "CAUSEFLOW_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address only, e.g. 127.0.0.1:9464, so
+    /// the public address does not show them. Default: `/metrics` on --addr.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `10s`, `500ms`, `2m` or a number of seconds.
@@ -96,6 +100,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     config.sns_certs = args.sns_certs.clone();
     config.max_alerts = args.max_alerts;
     config.public_url = args.public_url.clone();
+    config.metrics_addr = args.metrics_addr;
     config.limits = ServerLimits {
         header_timeout: args.header_timeout,
         request_timeout: args.request_timeout,

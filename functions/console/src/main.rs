@@ -6,7 +6,7 @@
 
 use causeflow_shared::aws::{sdk_config, ConsoleLambdaConfig};
 use causeflow_shared::console::router;
-use causeflow_shared::host::lambda::console_state;
+use causeflow_shared::host::lambda::{console_state, with_metrics};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -14,5 +14,9 @@ async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
     let config = ConsoleLambdaConfig::from_env()?;
     let sdk = sdk_config().await;
-    lambda_http::run(router(console_state(&sdk, &config))).await
+    lambda_http::run(with_metrics(
+        router(console_state(&sdk, &config)),
+        "console",
+    ))
+    .await
 }

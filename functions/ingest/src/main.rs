@@ -3,7 +3,7 @@
 //! are built once, at init; every request then only runs the shared router.
 
 use causeflow_shared::aws::{sdk_config, IngestConfig};
-use causeflow_shared::host::lambda::ingest_state;
+use causeflow_shared::host::lambda::{ingest_state, with_metrics};
 use causeflow_shared::http::router;
 
 #[tokio::main]
@@ -12,5 +12,5 @@ async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
     let config = IngestConfig::from_env()?;
     let sdk = sdk_config().await;
-    lambda_http::run(router(ingest_state(&sdk, &config))).await
+    lambda_http::run(with_metrics(router(ingest_state(&sdk, &config)), "ingest")).await
 }

@@ -11,9 +11,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = TriageConfig::from_env()?;
     let triage = triage(&sdk_config().await, &config);
     let triage = &triage;
+    // Metrics as EMF lines in the log, flushed after each batch (docs/operations.md#metrics).
+    let metrics = causeflow_shared::telemetry::emf::install("triage")?;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| async move {
-            Ok::<_, lambda_runtime::Error>(::triage::handle(event.payload, triage).await)
+            let answer = ::triage::handle(event.payload, triage).await;
+            causeflow_shared::telemetry::emf::flush(metrics);
+            Ok::<_, lambda_runtime::Error>(answer)
         },
     ))
     .await

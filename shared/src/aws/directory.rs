@@ -8,7 +8,7 @@ use super::item::{get_n, get_s, n, s, unavailable, Item};
 use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::now_ms;
-use crate::policy::AgentOverrides;
+use crate::policy::{AgentOverrides, OverridesCache};
 use crate::ports::{ApiKeys, KeyAdmin, KeyRecord, KeySummary, TenantSettings, TopicAllowList};
 use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 
@@ -152,13 +152,20 @@ impl TenantSettings for DynamoDirectory {
 pub struct DynamoTenants {
     ddb: Client,
     table: String,
+    overrides: std::sync::Arc<OverridesCache>,
 }
+
+/// How long a warm triage function reuses a tenant's agent table: a console edit reaches
+/// triage within this time, and triage makes one GetItem per tenant per this time instead of
+/// one per alert.
+pub const OVERRIDES_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl DynamoTenants {
     pub fn new(ddb: Client, table: &str) -> Self {
         DynamoTenants {
             ddb,
             table: table.to_owned(),
+            overrides: std::sync::Arc::new(OverridesCache::new(OVERRIDES_TTL)),
         }
     }
 }
@@ -166,6 +173,9 @@ impl DynamoTenants {
 #[async_trait]
 impl TenantSettings for DynamoTenants {
     async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
+        if let Some(o) = self.overrides.get(tenant_id) {
+            return Ok(o);
+        }
         let out = self
             .ddb
             .get_item()
@@ -174,11 +184,13 @@ impl TenantSettings for DynamoTenants {
             .send()
             .await
             .map_err(|e| unavailable("get tenant", e))?;
-        match out.item.as_ref().and_then(|i| get_s(i, "agentOverrides")) {
-            None => Ok(AgentOverrides::default()),
+        let read = match out.item.as_ref().and_then(|i| get_s(i, "agentOverrides")) {
+            None => AgentOverrides::default(),
             Some(j) => serde_json::from_str(&j)
-                .map_err(|e| StoreError::Unavailable(format!("tenant agent overrides: {e}"))),
-        }
+                .map_err(|e| StoreError::Unavailable(format!("tenant agent overrides: {e}")))?,
+        };
+        self.overrides.put(tenant_id, &read);
+        Ok(read)
     }
 }
 

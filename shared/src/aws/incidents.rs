@@ -358,6 +358,7 @@ impl Dispatcher for SnsDispatcher {
             )
             .send()
             .await;
+        crate::telemetry::dispatch_attempt(published.is_ok());
         if let Err(e) = published {
             // Free the marker so the redelivery publishes.
             let _ = self

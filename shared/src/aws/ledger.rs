@@ -719,6 +719,7 @@ impl AlertLedger for DynamoLedger {
     ) -> Result<Vec<AlertResult>, StoreError> {
         let now = received_at.timestamp_millis();
         let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let request_id = crate::http::observe::current_request_id();
         let mut results: Vec<Option<Result<Decision, StoreError>>> = vec![None; alerts.len()];
         let mut pending: Vec<Pending> = alerts
             .iter()
@@ -730,6 +731,7 @@ impl AlertLedger for DynamoLedger {
                     incident_id: new_incident_id(),
                     alert: alert.clone(),
                     received_at: received.clone(),
+                    request_id: request_id.clone(),
                 };
                 Pending {
                     index,

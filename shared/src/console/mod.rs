@@ -232,6 +232,7 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         )
         .route("/v1/tenants/{tenant}/test-alert", post(api::test_alert))
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(crate::http::observe::observe))
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -52,6 +53,8 @@ pub struct EmbeddedConfig {
     /// Where senders and browsers reach this server (`--public-url`); `None`: the request's own
     /// host.
     pub public_url: Option<String>,
+    /// Serve `/metrics` on this address only (`--metrics-addr`); `None`: on the main address.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl EmbeddedConfig {
@@ -67,6 +70,7 @@ impl EmbeddedConfig {
             max_alerts: crate::http::DEFAULT_MAX_ALERTS,
             limits: ServerLimits::default(),
             public_url: None,
+            metrics_addr: None,
         }
     }
 
@@ -110,6 +114,8 @@ pub struct Embedded {
     pub state: Arc<AppState>,
     pub triage: Triage,
     pub sessions: SqliteSessions,
+    /// Renders the process's metrics (installed at open).
+    pub metrics: PrometheusHandle,
     /// The console's pages and management API, served with the ingest routes.
     pub console: Arc<ConsoleState>,
 }
@@ -157,6 +163,7 @@ impl Embedded {
         https: Arc<dyn HttpsGet>,
     ) -> Result<Embedded, StoreError> {
         config.validate().map_err(StoreError::Invalid)?;
+        let metrics = crate::telemetry::prometheus::install();
         let db = Db::open(&config.db_path)?;
         let directory = SqliteDirectory::new(db.clone());
         let subscriptions = SqliteSubscriptions::new(db.clone());
@@ -219,6 +226,7 @@ impl Embedded {
             triage,
             sessions,
             console,
+            metrics,
         })
     }
 
@@ -234,12 +242,59 @@ impl Embedded {
     /// accepting, finishes in-flight requests and triage, and flushes the database.
     /// The ingest API and the console on one router.
     pub fn router(&self) -> axum::Router {
-        router(self.state.clone()).merge(crate::console::router(self.console.clone()))
+        let app = router(self.state.clone()).merge(crate::console::router(self.console.clone()));
+        match self.config.metrics_addr {
+            Some(_) => app,
+            None => app.merge(self.metrics_router()),
+        }
+    }
+
+    /// `GET /metrics`: Prometheus' text format. The queue gauges are read at scrape time.
+    pub fn metrics_router(&self) -> axum::Router {
+        let this = self.clone();
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let this = this.clone();
+                async move {
+                    match this.queue.stats().await {
+                        Ok(q) => crate::telemetry::queue(
+                            q.queued.max(0) as u64,
+                            Duration::from_millis(q.oldest_age_ms.max(0) as u64),
+                            q.dead_letters.max(0) as u64,
+                        ),
+                        Err(e) => warn!(error = %e, "reading the queue for /metrics failed"),
+                    }
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        this.metrics.render(),
+                    )
+                }
+            }),
+        )
     }
 
     pub async fn run(
         &self,
         listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let metrics = match self.config.metrics_addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
+        self.run_with(listener, metrics, shutdown).await
+    }
+
+    /// Like [`Embedded::run`] with the metrics listener bound by the caller. When it is given,
+    /// set `config.metrics_addr` too, so the main router leaves `/metrics` out.
+    pub async fn run_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        metrics: Option<tokio::net::TcpListener>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let released = self.queue.release_in_flight().await.unwrap_or(0);
@@ -269,8 +324,27 @@ impl Embedded {
             shutdown.await;
             console.runtime.close();
         };
+        let metrics_server = match metrics {
+            Some(listener) => {
+                info!(addr = ?listener.local_addr().ok(), "metrics on their own address");
+                let mut stop = stop_rx.clone();
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                Some(tokio::spawn(server::serve(
+                    listener,
+                    self.metrics_router(),
+                    self.config.limits,
+                    stopped,
+                )))
+            }
+            None => None,
+        };
         let served = server::serve(listener, self.router(), self.config.limits, shutdown).await;
         let _ = stop_tx.send(true);
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         for t in triage {
             let _ = t.await;
         }
@@ -343,6 +417,7 @@ impl Embedded {
                     .send()
                     .await;
                 let ok = matches!(&sent, Ok(r) if r.status().is_success());
+                crate::telemetry::dispatch_attempt(ok);
                 if !ok {
                     warn!(task = %row.task_id, agent = %row.agent, status = ?sent.as_ref().map(|r| r.status().as_u16()).ok(),
                           "agent webhook delivery failed; will retry");

@@ -11,6 +11,20 @@ use crate::aws::{
 use crate::http::{AppState, RateLimit};
 use crate::triage::Triage;
 
+/// Installs the CloudWatch EMF recorder for `function` and flushes what each request recorded
+/// as EMF lines in the function's log once the request is answered: metrics without a
+/// CloudWatch API call (docs/operations.md#metrics).
+#[cfg(feature = "emf")]
+pub fn with_metrics(router: axum::Router, function: &'static str) -> axum::Router {
+    match crate::telemetry::emf::install(function) {
+        Ok(collector) => crate::telemetry::emf::layer(router, collector),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics recorder not installed; no EMF metrics");
+            router
+        }
+    }
+}
+
 /// Everything the ingest Lambda's router needs, built once at init.
 pub fn ingest_state(sdk: &aws_config::SdkConfig, config: &IngestConfig) -> Arc<AppState> {
     ingest_state_with(sdk, config, Arc::new(crate::sns::ReqwestGet::new()))

@@ -10,9 +10,11 @@ use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use tracing::info;
 
+use super::observe::AnswerOutcome;
 use super::{ApiError, AppState};
 use crate::model::{AlertResult, Outcome, Provider};
 use crate::normalize::Normalized;
+use crate::telemetry;
 
 /// Charges an authenticated, verified request to the tenant's rate, one token per alert, after
 /// refusing more alerts than one request may carry; then admits it.
@@ -103,7 +105,7 @@ async fn admit(
                     "{what} acknowledged; it is not an alert, so nothing was created."
                 )),
             };
-            return Ok((StatusCode::OK, Json(answer)).into_response());
+            return Ok(answered((StatusCode::OK, Json(answer)), "not_an_alert"));
         }
         Normalized::Alerts(a) => a,
     };
@@ -115,6 +117,9 @@ async fn admit(
         .inspect_err(|e| tracing::error!(error = %e, "ledger admit failed"))?;
 
     let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
+    for o in Outcome::ALL {
+        telemetry::alerts(provider.as_str(), o.as_str(), count(o));
+    }
     info!(
         alerts = results.len(),
         created = count(Outcome::Created),
@@ -123,7 +128,8 @@ async fn admit(
         "webhook accepted"
     );
     if provider == Provider::Pagerduty {
-        return pagerduty_answer(results);
+        let outcome = results.first().map_or("accepted", |r| r.outcome.as_str());
+        return pagerduty_answer(results).map(|r| answered(r, outcome));
     }
     // Alertmanager re-sends a firing group every repeat_interval and counts anything but a 2xx
     // as a failed notification, which it repeats and alerts on: its duplicates are accepted.
@@ -138,13 +144,29 @@ async fn admit(
     } else {
         StatusCode::OK
     };
+    let outcome = [
+        Outcome::Created,
+        Outcome::Resolved,
+        Outcome::Acknowledged,
+        Outcome::Ignored,
+    ]
+    .into_iter()
+    .find(|o| count(*o) > 0)
+    .map_or("accepted", Outcome::as_str);
     let answer = Admitted {
         tenant_id: tenant.to_owned(),
         provider,
         alerts: results,
         detail: None,
     };
-    Ok((status, Json(answer)).into_response())
+    Ok(answered((status, Json(answer)), outcome))
+}
+
+/// The answer, marked with its outcome for the request metrics.
+fn answered(answer: impl IntoResponse, outcome: &'static str) -> Response {
+    let mut resp = answer.into_response();
+    resp.extensions_mut().insert(AnswerOutcome(outcome));
+    resp
 }
 
 /// The answer to a webhook that was admitted (202), or that carried no alert (200).

@@ -3,6 +3,7 @@
 
 mod admission;
 mod headers;
+pub mod observe;
 pub mod openapi;
 mod problem;
 mod ratelimit;
@@ -98,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                     .into(),
             )
         })
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }
 

@@ -239,6 +239,8 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::to_string(&body).expect("a problem serialises");
         let mut resp = (status, problem_json(body)).into_response();
+        resp.extensions_mut()
+            .insert(super::observe::AnswerOutcome(code));
         let retry_after = match &self {
             ApiError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
             ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_SECS),

@@ -3,9 +3,8 @@
 //! records. Every lookup reads the database, so keys created or revoked by another process take
 //! effect on the next request.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -13,7 +12,7 @@ use rusqlite::{params, OptionalExtension};
 use super::{now_ms, Db};
 use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
-use crate::policy::AgentOverrides;
+use crate::policy::{AgentOverrides, OverridesCache};
 use crate::ports::{
     ApiKeys, KeyAdmin, KeyRecord, KeySummary, Subscription, SubscriptionState, Subscriptions,
     TenantSettings, TopicAllowList,
@@ -24,15 +23,13 @@ use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 #[derive(Clone)]
 pub struct SqliteDirectory {
     db: Db,
-    overrides: Arc<Mutex<HashMap<String, (Instant, AgentOverrides)>>>,
+    overrides: Arc<OverridesCache>,
 }
 
 /// How long triage reuses a tenant's agent table before reading it again. Changes made through
 /// this process (the console) apply at once; `causeflow tenants` from another process within
 /// this time. Triage read it once per alert, a read transaction each.
 const OVERRIDES_TTL: Duration = Duration::from_secs(1);
-/// Tenants whose agent tables are kept; beyond this the cache starts over.
-const OVERRIDES_CACHED: usize = 10_000;
 
 fn ms_to_rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -70,7 +67,7 @@ impl SqliteDirectory {
     pub fn new(db: Db) -> Self {
         SqliteDirectory {
             db,
-            overrides: Arc::default(),
+            overrides: Arc::new(OverridesCache::new(OVERRIDES_TTL)),
         }
     }
 
@@ -218,7 +215,7 @@ impl KeyAdmin for SqliteDirectory {
                 Ok(())
             })
             .await?;
-        self.overrides.lock().expect("overrides").remove(tenant);
+        self.overrides.forget(tenant);
         Ok(())
     }
 
@@ -295,17 +292,11 @@ impl ApiKeys for SqliteDirectory {
 #[async_trait]
 impl TenantSettings for SqliteDirectory {
     async fn agent_overrides(&self, tenant_id: &str) -> Result<AgentOverrides, StoreError> {
-        if let Some((at, o)) = self.overrides.lock().expect("overrides").get(tenant_id) {
-            if at.elapsed() < OVERRIDES_TTL {
-                return Ok(o.clone());
-            }
+        if let Some(o) = self.overrides.get(tenant_id) {
+            return Ok(o);
         }
         let read = self.read_overrides(tenant_id)?;
-        let mut cache = self.overrides.lock().expect("overrides");
-        if cache.len() >= OVERRIDES_CACHED {
-            cache.clear();
-        }
-        cache.insert(tenant_id.to_owned(), (Instant::now(), read.clone()));
+        self.overrides.put(tenant_id, &read);
         Ok(read)
     }
 }

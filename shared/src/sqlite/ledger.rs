@@ -85,6 +85,7 @@ impl AlertLedger for SqliteLedger {
         let tenant = tenant_id.to_owned();
         let alerts = alerts.to_vec();
         let ttl_ms = self.config.ttl.as_millis() as i64;
+        let request_id = crate::http::observe::current_request_id();
         let results = self
             .db
             .write(move |c| {
@@ -144,6 +145,7 @@ impl AlertLedger for SqliteLedger {
                             incident_id: id.clone(),
                             received_at: received.clone(),
                             alert: alert.clone(),
+                            request_id: request_id.clone(),
                         };
                         enqueue(c, &msg, now)?;
                     }

@@ -338,6 +338,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = if faults.failing() {
             Err(StoreError::Unavailable(
                 "injected fault: database unavailable".into(),
@@ -345,6 +346,7 @@ fn writer_loop(
         } else {
             run_batch(&conn, &mut jobs)
         };
+        crate::telemetry::commit(jobs.len(), started.elapsed(), result.is_ok());
         if let Err(e) = &result {
             error!(error = %e, jobs = jobs.len(), "sqlite commit failed");
         } else {

@@ -2,7 +2,7 @@
 //! timeout, an ack deletes them, and a message received more than `max_receives` times moves to
 //! `dead_letters` instead of being delivered again.
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{now_ms, Db};
@@ -25,6 +25,9 @@ pub struct SqliteQueue {
 pub struct QueueStats {
     pub queued: i64,
     pub dead_letters: i64,
+    /// Milliseconds since the oldest queued alert was enqueued; 0 when none is.
+    #[serde(skip)]
+    pub oldest_age_ms: i64,
 }
 
 impl SqliteQueue {
@@ -90,10 +93,12 @@ impl SqliteQueue {
                      WHERE id = ?1",
                 )?;
                 let mut out = Vec::with_capacity(rows.len());
+                let mut buried = 0;
                 for (id, body, receive_count) in rows {
                     if receive_count >= MAX_RECEIVES {
                         bury.execute(params![id, now])?;
                         delete.execute([id])?;
+                        buried += 1;
                         continue;
                     }
                     hide.execute(params![id, now + visibility_ms])?;
@@ -104,9 +109,13 @@ impl SqliteQueue {
                     });
                 }
                 out.sort_by_key(|r| r.id.parse::<i64>().unwrap_or(0));
-                Ok(out)
+                Ok((out, buried))
             })
             .await
+            .map(|(out, buried)| {
+                crate::telemetry::dead_lettered(buried);
+                out
+            })
     }
 
     /// Deletes processed messages.
@@ -177,6 +186,16 @@ impl SqliteQueue {
                     queued: c.query_row("SELECT count(*) FROM queue", [], |r| r.get(0))?,
                     dead_letters: c
                         .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?,
+                    // The smallest id is the oldest enqueued: ids only grow (AUTOINCREMENT).
+                    oldest_age_ms: c
+                        .query_row(
+                            "SELECT ?1 - enqueued_at FROM queue ORDER BY id LIMIT 1",
+                            [now_ms()],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .optional()?
+                        .unwrap_or(0)
+                        .max(0),
                 })
             })
             .await
