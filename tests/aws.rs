@@ -713,7 +713,7 @@ fn the_functions_resolve_one_dependency_set_so_sam_builds_share_work() {
     let mut console = function_dependencies("console");
     let shared = console.remove("causeflow-shared").unwrap();
     assert!(
-        shared.contains(r#"features = ["aws", "console"]"#)
+        shared.contains(r#"features = ["aws", "console", "emf"]"#)
             && shared.contains("default-features = false"),
         "{shared}"
     );

@@ -519,3 +519,123 @@ async fn a_firing_that_fails_its_last_receive_releases_its_key() {
     assert_eq!(recorded.handle_batch(vec![record(body, 5)]).await, ["1"]);
     s.generic("kept", "firing").await.expect(409);
 }
+
+/// The embedded host triages a received batch in one writer job. A record whose triage fails
+/// has its writes rolled back and comes back later with its receive counted, its batch-mates
+/// are done, and a firing failing its last receive still gives its key up (after the rollback,
+/// so the release stands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_triaged_in_one_job_fails_records_alone() {
+    use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};
+    use causeflow_shared::triage::Triage;
+    // Not running: nothing but this test triages its queue.
+    let app = Embedded::open(EmbeddedConfig::new(common::tempdir().join("c.db"))).unwrap();
+    let message = |id: &str, incident: &str| {
+        serde_json::json!({"tenantId": "acme", "provider": "generic", "incidentId": incident,
+            "receivedAt": "2026-11-28T00:00:00Z",
+            "alert": {"sourceAlertId": id, "status": "firing", "title": "t", "severity": "high"}})
+        .to_string()
+    };
+    let (last, early) = (
+        message("doomed", "inc_doomed"),
+        message("later", "inc_later"),
+    );
+    app.db
+        .write(move |c| {
+            for (id, incident) in [("doomed", "inc_doomed"), ("later", "inc_later")] {
+                c.execute(
+                    "INSERT INTO dedup(tenant_id, provider, source_alert_id, incident_id, pending, lease_until, expires_at)
+                     VALUES ('acme', 'generic', ?1, ?2, 0, 0, 9999999999999)",
+                    [id, incident],
+                )?;
+            }
+            // `doomed` was received 4 times already: this is its last receive.
+            c.execute(
+                "INSERT INTO queue(body, enqueued_at, visible_at, receive_count) VALUES (?1, 0, 0, 4)",
+                [&last],
+            )?;
+            c.execute(
+                "INSERT INTO queue(body, enqueued_at, visible_at, receive_count) VALUES (?1, 0, 0, 0)",
+                [&early],
+            )?;
+            c.execute(
+                "INSERT INTO queue(body, enqueued_at, visible_at, receive_count) VALUES ('not json', 0, 0, 0)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let broken = Triage {
+        incidents: std::sync::Arc::new(DownIncidents(None)),
+        ..app.triage.clone()
+    };
+    assert_eq!(app.queue.triage_batch(broken, 64, 60_000).await.unwrap(), 3);
+    let rows = app
+        .db
+        .read(|c| {
+            let mut st = c.prepare(
+                "SELECT substr(body, 1, 8), receive_count, visible_at > 0 FROM queue ORDER BY id",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+        .unwrap();
+    // All three failed; each is back with one more receive and a backoff.
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), [5, 1, 1]);
+    assert!(rows.iter().all(|r| r.2), "{rows:?}");
+    let keys: Vec<String> = app
+        .db
+        .read(|c| {
+            let mut st = c.prepare("SELECT source_alert_id FROM dedup ORDER BY 1")?;
+            let keys = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(keys)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        ["later"],
+        "the last receive released its key; the earlier one kept it"
+    );
+
+    // The working triage then records `later` and deletes its row; the others wait out their
+    // backoff (a minute) untouched.
+    app.db
+        .write(|c| {
+            c.execute(
+                "UPDATE queue SET visible_at = 0 WHERE body LIKE '%inc_later%'",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        app.queue
+            .triage_batch(app.triage.clone(), 64, 60_000)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(app
+        .incidents
+        .get("acme", "inc_later")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(app.queue.stats().await.unwrap().queued, 2);
+    app.db.close();
+}

@@ -64,27 +64,7 @@ impl Triage {
         for rec in records {
             let this = self.clone();
             let id = rec.id.clone();
-            let handle = set.spawn(async move {
-                let msg = serde_json::from_str::<QueuedAlert>(&rec.body)
-                    .map_err(|e| TriageError::Malformed(e.to_string()))?;
-                let result = this.process(&msg).await;
-                let last = rec.receive_count >= this.max_receives;
-                if last && matches!(result, Err(TriageError::NotYetOpen)) {
-                    // Its firing never became an incident (it was dead-lettered, or never
-                    // queued): there is nothing to acknowledge, and a redrive could not change
-                    // that.
-                    warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
-                          "an acknowledgement found no incident after its last receive; dropped");
-                    return Ok(());
-                }
-                if result.is_err() && last {
-                    this.give_up(&msg).await;
-                }
-                if result.is_ok() {
-                    crate::telemetry::triaged(since(&msg.received_at));
-                }
-                result
-            });
+            let handle = set.spawn(async move { this.handle_record(rec).await });
             ids.insert(handle.id(), id);
         }
         let mut failed = Vec::new();
@@ -92,16 +72,65 @@ impl Triage {
             let (task, result) = match joined {
                 Ok((task, r)) => (task, r.map_err(|e| e.to_string())),
                 // A panic fails only its own record.
-                Err(e) => (e.id(), Err(format!("triage panicked: {e}"))),
+                Err(e) => {
+                    crate::telemetry::triage_failed();
+                    (e.id(), Err(format!("triage panicked: {e}")))
+                }
             };
             if let Err(e) = result {
-                crate::telemetry::triage_failed();
                 let id = ids.remove(&task).unwrap_or_default();
                 warn!(message_id = %id, error = %e, "triage failed; the message will be redelivered");
                 failed.push(id);
             }
         }
         failed
+    }
+
+    /// Triages one queue record: parses it, processes it, and on its last receive gives its key
+    /// up if it failed. `Ok` means the record is done and may be deleted from the queue.
+    pub async fn handle_record(&self, rec: QueueRecord) -> Result<(), TriageError> {
+        let msg = match Self::parse(&rec) {
+            Ok(msg) => msg,
+            Err(e) => {
+                crate::telemetry::triage_failed();
+                return Err(e);
+            }
+        };
+        let result = self.process(&msg).await;
+        self.settle(&rec, &msg, result).await
+    }
+
+    /// The queued alert a record carries.
+    pub fn parse(rec: &QueueRecord) -> Result<QueuedAlert, TriageError> {
+        serde_json::from_str::<QueuedAlert>(&rec.body)
+            .map_err(|e| TriageError::Malformed(e.to_string()))
+    }
+
+    /// What follows [`Triage::process`]: on the record's last receive, an acknowledgement
+    /// with no incident is dropped and a failed firing gives its key up; the outcome is
+    /// counted. `Ok` means the record is done.
+    pub async fn settle(
+        &self,
+        rec: &QueueRecord,
+        msg: &QueuedAlert,
+        result: Result<(), TriageError>,
+    ) -> Result<(), TriageError> {
+        let last = rec.receive_count >= self.max_receives;
+        if last && matches!(result, Err(TriageError::NotYetOpen)) {
+            // Its firing never became an incident (it was dead-lettered, or never queued):
+            // there is nothing to acknowledge, and a redrive could not change that.
+            warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                  "an acknowledgement found no incident after its last receive; dropped");
+            return Ok(());
+        }
+        if result.is_err() && last {
+            self.give_up(msg).await;
+        }
+        match &result {
+            Ok(()) => crate::telemetry::triaged(since(&msg.received_at)),
+            Err(_) => crate::telemetry::triage_failed(),
+        }
+        result
     }
 
     /// A firing alert failed its last receive and goes to the dead-letter queue: release its

@@ -25,11 +25,11 @@ use crate::sqlite::{
 };
 use crate::triage::Triage;
 
-/// Queued alerts triage takes per receive. Their writes join the same group commits, so a
-/// larger batch costs fewer commits per alert; SQS's own limit (10) does not apply here.
+/// Queued alerts triaged per writer job ([`SqliteQueue::triage_batch`]): the batch's queue rows,
+/// incidents and tasks share one transaction. SQS's own limit (10) does not apply here.
 const TRIAGE_BATCH: usize = 64;
-/// Triage loops running at once; the queue's visibility timeout keeps their batches apart.
-const TRIAGE_WORKERS: usize = 4;
+/// Triage loops: while the writer runs one loop's batch, the other's waits queued behind it.
+const TRIAGE_WORKERS: usize = 2;
 
 /// Settings of the one-machine host.
 #[derive(Debug, Clone)]
@@ -305,8 +305,6 @@ impl Embedded {
             );
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Several loops, so one batch's commits overlap the next batch's receive: a single loop
-        // waits out four commits per batch and fell behind admission under load.
         let triage: Vec<_> = (0..TRIAGE_WORKERS)
             .map(|_| tokio::spawn(self.clone().triage_loop(stop_rx.clone())))
             .collect();
@@ -356,29 +354,19 @@ impl Embedded {
         served
     }
 
-    /// Receives queued alerts and triages them until told to stop.
+    /// Triages queued alerts, a batch per writer job, until told to stop.
     async fn triage_loop(self, mut stop: watch::Receiver<bool>) {
         let signals = self.db.signals();
-        let visibility_ms = self.config.visibility.as_millis() as i64;
+        let base = self.config.retry_base.as_millis() as i64;
         while !*stop.borrow() {
-            match self.queue.receive(TRIAGE_BATCH, visibility_ms).await {
-                Ok(batch) if !batch.is_empty() => {
-                    let ids: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
-                    let failed = self.triage.handle_batch(batch).await;
-                    let done: Vec<String> =
-                        ids.into_iter().filter(|i| !failed.contains(i)).collect();
-                    if let Err(e) = self.queue.ack(done).await {
-                        warn!(error = %e, "acking triaged alerts failed; they will be redelivered");
-                    }
-                    // Failed messages come back with backoff rather than after the full timeout.
-                    let base = self.config.retry_base.as_millis() as i64;
-                    if let Err(e) = self.queue.retry_later(failed, base).await {
-                        warn!(error = %e, "could not schedule the retry of failed alerts");
-                    }
-                    continue;
-                }
+            match self
+                .queue
+                .triage_batch(self.triage.clone(), TRIAGE_BATCH, base)
+                .await
+            {
+                Ok(n) if n > 0 => continue,
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "receiving queued alerts failed"),
+                Err(e) => warn!(error = %e, "triaging queued alerts failed; they stay queued"),
             }
             tokio::select! {
                 _ = signals.queued.notified() => {}

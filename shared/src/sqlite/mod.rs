@@ -40,6 +40,41 @@ const WRITE_QUEUE_DEPTH: usize = 16_384;
 
 pub use crate::now_ms;
 
+thread_local! {
+    /// On the writer thread, while a job runs port code inline ([`inline`]): the connection,
+    /// inside the job's transaction, that every `Db` write and read on this thread then uses.
+    static INLINE: std::cell::Cell<Option<*const Connection>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with `conn` as the connection of every [`Db::write`] and read made on this thread
+/// meanwhile: they run at once, inside the current transaction and savepoint, instead of
+/// queueing for the writer (which is this thread). For triage on the
+/// embedded host, which runs a whole batch in one writer job ([`SqliteQueue::triage_batch`]).
+fn inline<T>(conn: &Connection, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<*const Connection>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INLINE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(INLINE.with(|c| c.replace(Some(conn as *const Connection))));
+    f()
+}
+
+/// The connection [`inline`] set on this thread, if any.
+fn inline_connection<T>(f: impl FnOnce(&Connection) -> T) -> Option<T> {
+    // SAFETY: the pointer is set only by `inline`, from a reference that outlives the call of
+    // `f` it wraps, and is cleared (restored) when that call returns or unwinds; it never leaves
+    // this thread (thread-local).
+    INLINE.with(|c| c.get()).map(|p| f(unsafe { &*p }))
+}
+
+/// Runs one transaction-control statement, prepared once per connection.
+fn control(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 trait WriteJob: Send {
     /// Runs inside the job's savepoint; `false` rolls the savepoint back.
     fn run(&mut self, conn: &Connection) -> bool;
@@ -114,6 +149,23 @@ struct Inner {
     faults: Arc<FaultSwitch>,
 }
 
+/// Turns SQLite's memory statistics off before its first use in the process: they take a
+/// global mutex around every allocation SQLite makes, a visible share of the writer's time in
+/// the load profile. Too late (SQLite already initialised by another caller) changes nothing.
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config is documented as callable before sqlite3_initialize; after it,
+        // it returns SQLITE_MISUSE and does nothing. The argument is the int the option takes.
+        let _ = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::os::raw::c_int,
+            )
+        };
+    });
+}
+
 /// Page cache of the writer connection, in KiB.
 const WRITER_CACHE_KIB: i64 = 65_536;
 
@@ -173,6 +225,7 @@ fn make_private(_: &Path) -> Result<(), StoreError> {
 impl Db {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: impl AsRef<Path>) -> Result<Db, StoreError> {
+        configure_sqlite();
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -233,6 +286,13 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let mut f = Some(f);
+        // Inline, a write is part of the caller's savepoint (triage's per-record one), which
+        // rolls it back with the rest of the record if anything fails.
+        if let Some(r) = inline_connection(|c| f.take().expect("runs once")(c)) {
+            return r;
+        }
+        let f = f.expect("not taken");
         let (reply, rx) = oneshot::channel();
         let job = Box::new(TypedJob {
             f: Some(f),
@@ -264,6 +324,11 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let mut f = Some(f);
+        if let Some(r) = inline_connection(|c| f.take().expect("runs once")(c)) {
+            return r;
+        }
+        let f = f.expect("not taken");
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.read_blocking(f))
             .await
@@ -288,6 +353,11 @@ impl Db {
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
+        let mut f = Some(f);
+        if let Some(r) = inline_connection(|c| f.take().expect("runs once")(c)) {
+            return r;
+        }
+        let f = f.expect("not taken");
         let conn = self.inner.readers.lock().expect("reader pool").pop();
         let conn = match conn {
             Some(c) => c,
@@ -372,11 +442,9 @@ fn writer_loop(
 }
 
 fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
-    // Prepared once and reused: parsing these four statements for every job showed in the
-    // profile as SQLite's parser.
-    let control = |sql: &str| -> Result<(), rusqlite::Error> {
-        conn.prepare_cached(sql)?.execute([]).map(|_| ())
-    };
+    // Prepared once and reused (`control`): parsing these statements for every job showed in
+    // the profile as SQLite's parser.
+    let control = |sql: &str| control(conn, sql);
     let rollback = || {
         let _ = control("ROLLBACK");
     };

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{now_ms, Db};
 use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::error::StoreError;
-use crate::triage::QueueRecord;
+use crate::triage::{QueueRecord, TriageError};
 
 /// Receives after which a message is dead-lettered (SQS `maxReceiveCount`).
 pub const MAX_RECEIVES: i64 = crate::triage::MAX_RECEIVES as i64;
@@ -83,11 +83,6 @@ impl SqliteQueue {
                         ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                let mut bury = c.prepare_cached(
-                    "INSERT INTO dead_letters(id, body, receive_count, enqueued_at, dead_at)
-                     SELECT id, body, receive_count, enqueued_at, ?2 FROM queue WHERE id = ?1",
-                )?;
-                let mut delete = c.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
                 let mut hide = c.prepare_cached(
                     "UPDATE queue SET visible_at = ?2, receive_count = receive_count + 1
                      WHERE id = ?1",
@@ -96,8 +91,7 @@ impl SqliteQueue {
                 let mut buried = 0;
                 for (id, body, receive_count) in rows {
                     if receive_count >= MAX_RECEIVES {
-                        bury.execute(params![id, now])?;
-                        delete.execute([id])?;
+                        bury(c, id, now)?;
                         buried += 1;
                         continue;
                     }
@@ -116,6 +110,81 @@ impl SqliteQueue {
                 crate::telemetry::dead_lettered(buried);
                 out
             })
+    }
+
+    /// Takes up to `max` visible messages and triages them in one writer job, so the queue
+    /// rows, incidents and agent tasks of the whole batch share one commit. Each message runs in
+    /// a savepoint: a message whose triage fails (or panics) has its writes rolled back and comes
+    /// back after `retry_base_ms`, doubling with each receive; messages received `MAX_RECEIVES`
+    /// times are dead-lettered, as [`SqliteQueue::receive`] does. Returns how many were taken.
+    ///
+    /// Nothing is ever in flight, so a crash loses nothing and delivers nothing twice: the
+    /// whole batch commits, or none of it. Triage's own code runs unchanged, its store calls
+    /// made inline on the writer's connection.
+    pub async fn triage_batch(
+        &self,
+        triage: crate::triage::Triage,
+        max: usize,
+        retry_base_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let due = self.db.read_now(|c| {
+            Ok(
+                c.prepare_cached("SELECT EXISTS(SELECT 1 FROM queue WHERE visible_at <= ?1)")?
+                    .query_row([now_ms()], |r| r.get::<_, bool>(0))?,
+            )
+        })?;
+        if !due {
+            return Ok(0);
+        }
+        let (taken, buried) = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                let rows = c
+                    .prepare_cached(
+                        "SELECT id, body, receive_count FROM queue WHERE visible_at <= ?1
+                         ORDER BY visible_at, id LIMIT ?2",
+                    )?
+                    .query_map(params![now, max as i64], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (mut taken, mut buried) = (0, 0);
+                for (id, body, receive_count) in rows {
+                    taken += 1;
+                    if receive_count >= MAX_RECEIVES {
+                        bury(c, id, now)?;
+                        buried += 1;
+                        continue;
+                    }
+                    let record = QueueRecord {
+                        id: id.to_string(),
+                        body,
+                        receive_count: (receive_count + 1) as u32,
+                    };
+                    let outcome = triage_one(c, &triage, &record);
+                    match outcome {
+                        Ok(()) => {
+                            c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+                                .execute([id])?;
+                        }
+                        Err(e) => {
+                            tracing::warn!(message_id = id, error = %e,
+                                "triage failed; the message will be redelivered");
+                            c.prepare_cached(
+                                "UPDATE queue SET receive_count = receive_count + 1,
+                                   visible_at = ?2 + MIN(?3 * (1 << MIN(MAX(receive_count, 0), 16)), 600000)
+                                 WHERE id = ?1",
+                            )?
+                            .execute(params![id, now, retry_base_ms])?;
+                        }
+                    }
+                }
+                Ok((taken, buried))
+            })
+            .await?;
+        crate::telemetry::dead_lettered(buried);
+        Ok(taken)
     }
 
     /// Deletes processed messages.
@@ -200,6 +269,67 @@ impl SqliteQueue {
             })
             .await
     }
+}
+
+/// Triages one record on the writer's connection. Its processing runs in a savepoint, rolled
+/// back if it fails or panics; what follows a failure (on the last receive, giving the key up)
+/// runs after that rollback, so it stands.
+fn triage_one(
+    c: &rusqlite::Connection,
+    triage: &crate::triage::Triage,
+    record: &QueueRecord,
+) -> Result<(), StoreError> {
+    let msg = match crate::triage::Triage::parse(record) {
+        Ok(msg) => msg,
+        Err(e) => {
+            crate::telemetry::triage_failed();
+            return Err(StoreError::Unavailable(e.to_string()));
+        }
+    };
+    super::control(c, "SAVEPOINT record")?;
+    let processed = drive(c, triage.process(&msg));
+    if processed.is_err() {
+        super::control(c, "ROLLBACK TO record")?;
+    }
+    super::control(c, "RELEASE record")?;
+    drive(c, triage.settle(record, &msg, processed))
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// Runs a triage future to completion on this thread, its store calls inline on `c`. Those
+/// complete at once; a future that would wait on anything else fails instead of blocking the
+/// writer, and a panic fails only this record.
+fn drive(
+    c: &rusqlite::Connection,
+    f: impl std::future::Future<Output = Result<(), TriageError>>,
+) -> Result<(), TriageError> {
+    use futures_util::FutureExt;
+    let mut f = std::pin::pin!(f);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::inline(c, || f.as_mut().now_or_never())
+    }))
+    .unwrap_or_else(|_| {
+        Some(Err(TriageError::Store(StoreError::Unavailable(
+            "triage panicked".into(),
+        ))))
+    })
+    .unwrap_or_else(|| {
+        Err(TriageError::Store(StoreError::Unavailable(
+            "triage waited on something other than the database".into(),
+        )))
+    })
+}
+
+/// Moves one message to the dead letters.
+fn bury(c: &rusqlite::Connection, id: i64, now: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO dead_letters(id, body, receive_count, enqueued_at, dead_at)
+         SELECT id, body, receive_count, enqueued_at, ?2 FROM queue WHERE id = ?1",
+    )?
+    .execute(params![id, now])?;
+    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
