@@ -39,8 +39,6 @@ pub struct EmbeddedConfig {
     pub dedup: DedupConfig,
     /// Agent tasks are POSTed here when set (and always recorded in the database).
     pub agent_webhook: Option<String>,
-    /// How long a received queue message stays hidden before it is redelivered.
-    pub visibility: Duration,
     /// First retry delay of a message whose triage failed; doubles with each receive.
     pub retry_base: Duration,
     /// SNS signing certificates to pre-seed (air-gapped installs): a directory mirroring the
@@ -64,7 +62,6 @@ impl EmbeddedConfig {
             rate_limit: RateLimit::default(),
             dedup: DedupConfig::default(),
             agent_webhook: None,
-            visibility: Duration::from_secs(30),
             retry_base: Duration::from_secs(5),
             sns_certs: None,
             max_alerts: crate::http::DEFAULT_MAX_ALERTS,
@@ -297,13 +294,6 @@ impl Embedded {
         metrics: Option<tokio::net::TcpListener>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let released = self.queue.release_in_flight().await.unwrap_or(0);
-        if released > 0 {
-            info!(
-                released,
-                "re-queued alerts left in flight by a previous process"
-            );
-        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let triage: Vec<_> = (0..TRIAGE_WORKERS)
             .map(|_| tokio::spawn(self.clone().triage_loop(stop_rx.clone())))

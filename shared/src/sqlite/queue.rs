@@ -1,6 +1,7 @@
-//! The embedded alert queue, with SQS's semantics: a receive hides messages for a visibility
-//! timeout, an ack deletes them, and a message received more than `max_receives` times moves to
-//! `dead_letters` instead of being delivered again.
+//! The embedded alert queue, with SQS's redelivery semantics: a message whose triage fails comes
+//! back later (with backoff) with its receive counted, and one received `MAX_RECEIVES` times
+//! moves to `dead_letters` instead of being delivered again. Triage takes a batch and settles it
+//! in the same transaction ([`SqliteQueue::triage_batch`]), so nothing is ever in flight.
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -33,83 +34,6 @@ pub struct QueueStats {
 impl SqliteQueue {
     pub fn new(db: Db) -> Self {
         SqliteQueue { db }
-    }
-
-    /// Makes messages hidden by a previous process visible again. Only one `serve` may use a
-    /// database file, so anything in flight at start belongs to a process that died.
-    pub async fn release_in_flight(&self) -> Result<usize, StoreError> {
-        self.db
-            .write(|c| {
-                Ok(c.execute(
-                    "UPDATE queue SET visible_at = ?1 WHERE visible_at > ?1 AND receive_count > 0",
-                    [now_ms()],
-                )?)
-            })
-            .await
-    }
-
-    /// Takes up to `max` visible messages and hides them for `visibility_ms`.
-    pub async fn receive(
-        &self,
-        max: usize,
-        visibility_ms: i64,
-    ) -> Result<Vec<QueueRecord>, StoreError> {
-        // An idle poll is a read: it takes no turn on the writer.
-        let due = self.db.read_now(|c| {
-            Ok(
-                c.prepare_cached("SELECT EXISTS(SELECT 1 FROM queue WHERE visible_at <= ?1)")?
-                    .query_row([now_ms()], |r| r.get::<_, bool>(0))?,
-            )
-        })?;
-        if !due {
-            return Ok(Vec::new());
-        }
-        self.db
-            .write(move |c| {
-                let now = now_ms();
-                // Only the messages this receive takes are looked at: the oldest visible ones, in
-                // index order. (Scanning every visible row for ones to dead-letter made each
-                // receive cost the whole backlog, so triage slowed down as it fell behind.)
-                let mut take = c.prepare_cached(
-                    "SELECT id, body, receive_count FROM queue WHERE visible_at <= ?1
-                     ORDER BY visible_at, id LIMIT ?2",
-                )?;
-                let rows = take
-                    .query_map(params![now, max as i64], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                        ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut hide = c.prepare_cached(
-                    "UPDATE queue SET visible_at = ?2, receive_count = receive_count + 1
-                     WHERE id = ?1",
-                )?;
-                let mut out = Vec::with_capacity(rows.len());
-                let mut buried = 0;
-                for (id, body, receive_count) in rows {
-                    if receive_count >= MAX_RECEIVES {
-                        bury(c, id, now)?;
-                        buried += 1;
-                        continue;
-                    }
-                    hide.execute(params![id, now + visibility_ms])?;
-                    out.push(QueueRecord {
-                        id: id.to_string(),
-                        body,
-                        receive_count: (receive_count + 1) as u32,
-                    });
-                }
-                out.sort_by_key(|r| r.id.parse::<i64>().unwrap_or(0));
-                Ok((out, buried))
-            })
-            .await
-            .map(|(out, buried)| {
-                crate::telemetry::dead_lettered(buried);
-                out
-            })
     }
 
     /// Takes up to `max` visible messages and triages them in one writer job, so the queue
@@ -185,44 +109,6 @@ impl SqliteQueue {
             .await?;
         crate::telemetry::dead_lettered(buried);
         Ok(taken)
-    }
-
-    /// Deletes processed messages.
-    pub async fn ack(&self, ids: Vec<String>) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.db
-            .write(move |c| {
-                let mut st = c.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
-                for id in ids {
-                    st.execute([id.parse::<i64>().unwrap_or(-1)])?;
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    /// Puts failed messages back with exponential backoff: `base_ms` after the first receive,
-    /// doubling with each receive up to ten minutes, so a passing outage does not exhaust a
-    /// message's receives (and dead-letter it) within seconds.
-    pub async fn retry_later(&self, ids: Vec<String>, base_ms: i64) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.db
-            .write(move |c| {
-                let mut st = c.prepare_cached(
-                    "UPDATE queue SET visible_at = ?2 + MIN(?3 * (1 << MIN(MAX(receive_count - 1, 0), 16)), 600000)
-                     WHERE id = ?1",
-                )?;
-                let now = now_ms();
-                for id in ids {
-                    st.execute(params![id.parse::<i64>().unwrap_or(-1), now, base_ms])?;
-                }
-                Ok(())
-            })
-            .await
     }
 
     /// Dead letters, oldest first.
