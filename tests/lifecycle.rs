@@ -570,7 +570,13 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
         incidents: std::sync::Arc::new(DownIncidents(None)),
         ..app.triage.clone()
     };
-    assert_eq!(app.queue.triage_batch(broken, 64, 60_000).await.unwrap(), 3);
+    assert_eq!(
+        app.queue
+            .triage_batch(broken, 64, 30_000, 60_000)
+            .await
+            .unwrap(),
+        3
+    );
     let rows = app
         .db
         .read(|c| {
@@ -625,7 +631,7 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
         .unwrap();
     assert_eq!(
         app.queue
-            .triage_batch(app.triage.clone(), 64, 60_000)
+            .triage_batch(app.triage.clone(), 64, 30_000, 60_000)
             .await
             .unwrap(),
         1
@@ -637,5 +643,63 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
         .unwrap()
         .is_some());
     assert_eq!(app.queue.stats().await.unwrap().queued, 2);
+
+    // A triage that panics after writing (the incident is recorded, then dispatching panics)
+    // leaves nothing behind: the incident is rolled back, the message comes back, and the
+    // writer goes on.
+    let boom = message("boom", "inc_boom");
+    app.db
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO queue(body, enqueued_at, visible_at, receive_count) VALUES (?1, 0, 0, 0)",
+                [&boom],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let panicking = Triage {
+        dispatcher: std::sync::Arc::new(PanicDispatcher),
+        ..app.triage.clone()
+    };
+    assert_eq!(
+        app.queue
+            .triage_batch(panicking, 64, 30_000, 60_000)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(app
+        .incidents
+        .get("acme", "inc_boom")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(app.queue.stats().await.unwrap().queued, 3);
+    let boom_receives: i64 = app
+        .db
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT receive_count FROM queue WHERE body LIKE '%inc_boom%'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(boom_receives, 1);
+    app.db.write(|_| Ok(())).await.expect("the writer survived");
     app.db.close();
+}
+
+struct PanicDispatcher;
+
+#[async_trait::async_trait]
+impl causeflow_shared::ports::Dispatcher for PanicDispatcher {
+    async fn dispatch(
+        &self,
+        _: &causeflow_shared::model::DispatchTask,
+    ) -> Result<(), causeflow_shared::error::StoreError> {
+        panic!("the agent bus exploded (test)")
+    }
 }

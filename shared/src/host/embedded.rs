@@ -39,6 +39,9 @@ pub struct EmbeddedConfig {
     pub dedup: DedupConfig,
     /// Agent tasks are POSTed here when set (and always recorded in the database).
     pub agent_webhook: Option<String>,
+    /// How long a claimed queue message stays hidden before it is redelivered, should its
+    /// batch's triage job fail as a whole.
+    pub visibility: Duration,
     /// First retry delay of a message whose triage failed; doubles with each receive.
     pub retry_base: Duration,
     /// SNS signing certificates to pre-seed (air-gapped installs): a directory mirroring the
@@ -62,6 +65,7 @@ impl EmbeddedConfig {
             rate_limit: RateLimit::default(),
             dedup: DedupConfig::default(),
             agent_webhook: None,
+            visibility: Duration::from_secs(30),
             retry_base: Duration::from_secs(5),
             sns_certs: None,
             max_alerts: crate::http::DEFAULT_MAX_ALERTS,
@@ -294,6 +298,10 @@ impl Embedded {
         metrics: Option<tokio::net::TcpListener>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let released = self.queue.release_in_flight().await.unwrap_or(0);
+        if released > 0 {
+            info!(released, "re-queued alerts claimed by a previous process");
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let triage: Vec<_> = (0..TRIAGE_WORKERS)
             .map(|_| tokio::spawn(self.clone().triage_loop(stop_rx.clone())))
@@ -348,10 +356,11 @@ impl Embedded {
     async fn triage_loop(self, mut stop: watch::Receiver<bool>) {
         let signals = self.db.signals();
         let base = self.config.retry_base.as_millis() as i64;
+        let lease = self.config.visibility.as_millis() as i64;
         while !*stop.borrow() {
             match self
                 .queue
-                .triage_batch(self.triage.clone(), TRIAGE_BATCH, base)
+                .triage_batch(self.triage.clone(), TRIAGE_BATCH, lease, base)
                 .await
             {
                 Ok(n) if n > 0 => continue,

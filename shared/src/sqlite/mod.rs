@@ -31,6 +31,10 @@ pub use sessions::SqliteSessions;
 
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 32;
+/// WAL pages past which the writer checkpoints itself (16 MB of 4 KB pages).
+const WAL_CHECKPOINT_PAGES: i64 = 4_096;
+/// WAL bytes kept on disk after a checkpoint lets the WAL start over.
+const WAL_KEEP_BYTES: i64 = 64 << 20;
 /// Least time between two background checkpoints.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Most jobs one transaction carries.
@@ -242,7 +246,12 @@ impl Db {
         // Checkpoints (copying the WAL back into the file) run on a thread of their own instead
         // of inside whichever commit crosses the WAL's threshold: on the writer they stalled
         // every request waiting for that commit.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // The writer still checkpoints itself past WAL_CHECKPOINT_PAGES: only a checkpoint that
+        // completes between two of its transactions lets the WAL start over, and the background
+        // one rarely does under steady load. By then most frames are copied, so it is short.
+        // journal_size_limit then truncates the file back.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
         let checkpointer = open_connection(&path)?;
         let (grew, grown) = mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()

@@ -1,7 +1,8 @@
 //! The embedded alert queue, with SQS's redelivery semantics: a message whose triage fails comes
 //! back later (with backoff) with its receive counted, and one received `MAX_RECEIVES` times
-//! moves to `dead_letters` instead of being delivered again. Triage takes a batch and settles it
-//! in the same transaction ([`SqliteQueue::triage_batch`]), so nothing is ever in flight.
+//! moves to `dead_letters` instead of being delivered again. Triage claims a batch (counting the
+//! receive) in one commit, then settles the whole batch in the next
+//! ([`SqliteQueue::triage_batch`]).
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -36,19 +37,38 @@ impl SqliteQueue {
         SqliteQueue { db }
     }
 
-    /// Takes up to `max` visible messages and triages them in one writer job, so the queue
-    /// rows, incidents and agent tasks of the whole batch share one commit. Each message runs in
-    /// a savepoint: a message whose triage fails (or panics) has its writes rolled back and comes
-    /// back after `retry_base_ms`, doubling with each receive; messages received `MAX_RECEIVES`
-    /// times are dead-lettered, as [`SqliteQueue::receive`] does. Returns how many were taken.
+    /// Makes messages claimed by a previous process visible again. Only one `serve` may use a
+    /// database file, so anything claimed at start belongs to a process that died; its receive
+    /// was already counted.
+    pub async fn release_in_flight(&self) -> Result<usize, StoreError> {
+        self.db
+            .write(|c| {
+                Ok(c.execute(
+                    "UPDATE queue SET visible_at = ?1 WHERE visible_at > ?1 AND receive_count > 0",
+                    [now_ms()],
+                )?)
+            })
+            .await
+    }
+
+    /// Triages up to `max` visible messages in two writer jobs:
     ///
-    /// Nothing is ever in flight, so a crash loses nothing and delivers nothing twice: the
-    /// whole batch commits, or none of it. Triage's own code runs unchanged, its store calls
-    /// made inline on the writer's connection.
+    /// 1. The claim: messages received `MAX_RECEIVES` times are dead-lettered, and the others
+    ///    have this receive counted and are hidden for `lease_ms`. It commits before any triage
+    ///    runs, so a crash that does not unwind (an abort, the OOM killer) still counts the
+    ///    receive, and a message that kills the process is dead-lettered like any other.
+    /// 2. The triage of every claimed message in one job, so their incidents, tasks and queue
+    ///    deletions share one commit. Each message runs in a savepoint: one whose triage fails
+    ///    (or panics) has its writes rolled back and comes back after `retry_base_ms`, doubling
+    ///    with each receive. Triage's own code runs unchanged, its store calls made at once on
+    ///    the writer's connection.
+    ///
+    /// Returns how many messages were taken.
     pub async fn triage_batch(
         &self,
         triage: crate::triage::Triage,
         max: usize,
+        lease_ms: i64,
         retry_base_ms: i64,
     ) -> Result<usize, StoreError> {
         let due = self.db.read_now(|c| {
@@ -60,7 +80,7 @@ impl SqliteQueue {
         if !due {
             return Ok(0);
         }
-        let (taken, buried) = self
+        let (claimed, buried) = self
             .db
             .write(move |c| {
                 let now = now_ms();
@@ -70,24 +90,47 @@ impl SqliteQueue {
                          ORDER BY visible_at, id LIMIT ?2",
                     )?
                     .query_map(params![now, max as i64], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                let (mut taken, mut buried) = (0, 0);
+                let mut hide = c.prepare_cached(
+                    "UPDATE queue SET receive_count = receive_count + 1, visible_at = ?2
+                     WHERE id = ?1",
+                )?;
+                let (mut claimed, mut buried) = (Vec::with_capacity(rows.len()), 0);
                 for (id, body, receive_count) in rows {
-                    taken += 1;
                     if receive_count >= MAX_RECEIVES {
                         bury(c, id, now)?;
                         buried += 1;
                         continue;
                     }
-                    let record = QueueRecord {
+                    hide.execute(params![id, now + lease_ms])?;
+                    claimed.push(QueueRecord {
                         id: id.to_string(),
                         body,
                         receive_count: (receive_count + 1) as u32,
-                    };
-                    let outcome = triage_one(c, &triage, &record);
-                    match outcome {
+                    });
+                }
+                Ok((claimed, buried))
+            })
+            .await?;
+        crate::telemetry::dead_lettered(buried);
+        let taken = claimed.len() + buried;
+        if claimed.is_empty() {
+            return Ok(taken);
+        }
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                for record in &claimed {
+                    let id: i64 = record.id.parse().unwrap_or(-1);
+                    // A failing savepoint statement fails the whole job (`?`): the batch's
+                    // messages then reappear when their claim lapses, receives counted.
+                    match triage_one(c, &triage, record)? {
                         Ok(()) => {
                             c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
                                 .execute([id])?;
@@ -96,18 +139,18 @@ impl SqliteQueue {
                             tracing::warn!(message_id = id, error = %e,
                                 "triage failed; the message will be redelivered");
                             c.prepare_cached(
-                                "UPDATE queue SET receive_count = receive_count + 1,
-                                   visible_at = ?2 + MIN(?3 * (1 << MIN(MAX(receive_count, 0), 16)), 600000)
+                                "UPDATE queue SET visible_at = ?2 + MIN(?3 * (1 << MIN(MAX(receive_count - 1, 0), 16)), 600000)
                                  WHERE id = ?1",
                             )?
                             .execute(params![id, now, retry_base_ms])?;
                         }
                     }
                 }
-                Ok((taken, buried))
+                Ok(())
             })
             .await?;
-        crate::telemetry::dead_lettered(buried);
+        // Tasks recorded inline signalled before their commit; this wakes delivery after it.
+        self.db.signals().dispatched.notify_one();
         Ok(taken)
     }
 
@@ -164,12 +207,12 @@ fn triage_one(
     c: &rusqlite::Connection,
     triage: &crate::triage::Triage,
     record: &QueueRecord,
-) -> Result<(), StoreError> {
+) -> Result<Result<(), StoreError>, StoreError> {
     let msg = match crate::triage::Triage::parse(record) {
         Ok(msg) => msg,
         Err(e) => {
             crate::telemetry::triage_failed();
-            return Err(StoreError::Unavailable(e.to_string()));
+            return Ok(Err(StoreError::Unavailable(e.to_string())));
         }
     };
     super::control(c, "SAVEPOINT record")?;
@@ -178,8 +221,8 @@ fn triage_one(
         super::control(c, "ROLLBACK TO record")?;
     }
     super::control(c, "RELEASE record")?;
-    drive(c, triage.settle(record, &msg, processed))
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+    Ok(drive(c, triage.settle(record, &msg, processed))
+        .map_err(|e| StoreError::Unavailable(e.to_string())))
 }
 
 /// Runs a triage future to completion on this thread, its store calls inline on `c`. Those
