@@ -1487,18 +1487,27 @@ async fn dynamo_sessions_redeem_links_once_and_revoke_by_tenant() {
     s.create_link("demo", "expired", now - 1).await.unwrap();
     assert_eq!(s.redeem_link("expired", now).await.unwrap(), None);
 
-    // Two concurrent redemptions of one link: exactly one gets the tenant, and none after.
-    // DynamoDB serialises conditional writes to one item; moto checks the condition and applies
-    // the update in separate steps without a lock, so under heavy load from parallel tests it
-    // can (rarely) let both through. A few rounds keep that chance small.
-    for i in 0..4 {
+    // Two concurrent redemptions of one link. DynamoDB serialises conditional writes to one
+    // item, so exactly one gets the tenant. moto checks the condition and applies the update in
+    // separate steps without a lock, so under load it can let both through (seen in a CI run).
+    // Each round therefore asserts what moto does guarantee (someone wins, and nobody after),
+    // and the rounds together must show the condition at work (a round with a single winner); a
+    // redemption without its condition fails both. SQLite's redemption is tested concurrently
+    // in sqlite/sessions.rs.
+    let mut single = 0;
+    for i in 0..6 {
         let h = format!("race-{i}");
         s.create_link("demo", &h, now + 60_000).await.unwrap();
         let (a, b) = tokio::join!(s.redeem_link(&h, now), s.redeem_link(&h, now));
         let won: Vec<String> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
-        assert_eq!(won, ["demo"], "{h}");
-        assert_eq!(s.redeem_link(&h, now + 1).await.unwrap(), None);
+        assert!(
+            !won.is_empty() && won.iter().all(|t| t == "demo"),
+            "{h}: {won:?}"
+        );
+        single += usize::from(won.len() == 1);
+        assert_eq!(s.redeem_link(&h, now + 1).await.unwrap(), None, "{h}");
     }
+    assert!(single > 0, "every concurrent redemption let both through");
     // Expiry in ms for the code, TTL in seconds (never before expiry) for DynamoDB.
     let link = raw("link#race-0".into()).await.unwrap();
     assert_eq!(

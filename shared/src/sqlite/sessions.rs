@@ -145,3 +145,30 @@ impl ConsoleSessions for SqliteSessions {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_redemptions_of_one_link_have_one_winner() {
+        let db = Db::open(super::super::tests::tempdir().join("s.db")).unwrap();
+        let s = SqliteSessions::new(db.clone());
+        let now = now_ms();
+        for i in 0..20 {
+            let h = format!("race-{i}");
+            s.create_link("demo", &h, now + 60_000).await.unwrap();
+            let redeem = || {
+                let (s, h) = (s.clone(), h.clone());
+                tokio::spawn(async move { s.redeem_link(&h, now).await.unwrap() })
+            };
+            let (a, b, c) = tokio::join!(redeem(), redeem(), redeem());
+            let won: Vec<String> = [a.unwrap(), b.unwrap(), c.unwrap()]
+                .into_iter()
+                .flatten()
+                .collect();
+            assert_eq!(won, ["demo"], "{h}");
+        }
+        db.close();
+    }
+}
