@@ -140,8 +140,10 @@ async fn requests_are_counted_traced_and_identified() {
 
     let incident = created.incident_id();
     s.wait_incident(&incident, |_| true).await;
+    // The queue gauges are read at most once a second: wait until a reading shows it empty.
     let text = scrape_until(&s.base, |t| {
         sample(t, "causeflow_triaged_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0
+            && sample(t, "causeflow_queue_depth") == Some(0.0)
     })
     .await;
 

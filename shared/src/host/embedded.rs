@@ -28,6 +28,8 @@ use crate::triage::Triage;
 /// Queued alerts triaged per writer job ([`SqliteQueue::triage_batch`]): the batch's queue rows,
 /// incidents and tasks share one transaction. SQS's own limit (10) does not apply here.
 const TRIAGE_BATCH: usize = 64;
+/// Least time between two readings of the queue for `/metrics`.
+const QUEUE_READ_EVERY: Duration = Duration::from_secs(1);
 /// Triage loops: while the writer runs one loop's batch, the other's waits queued behind it.
 const TRIAGE_WORKERS: usize = 2;
 
@@ -250,22 +252,29 @@ impl Embedded {
         }
     }
 
-    /// `GET /metrics`: Prometheus' text format. The queue gauges are read at scrape time.
+    /// `GET /metrics`: Prometheus' text format. The queue gauges are read at scrape time, at
+    /// most once a second: `/metrics` may be on the public address, and the reading counts rows.
     pub fn metrics_router(&self) -> axum::Router {
         let this = self.clone();
+        let last_read = Arc::new(tokio::sync::Mutex::new(None::<std::time::Instant>));
         axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let this = this.clone();
+                let (this, last_read) = (this.clone(), last_read.clone());
                 async move {
-                    match this.queue.stats().await {
-                        Ok(q) => crate::telemetry::queue(
-                            q.queued.max(0) as u64,
-                            Duration::from_millis(q.oldest_age_ms.max(0) as u64),
-                            q.dead_letters.max(0) as u64,
-                        ),
-                        Err(e) => warn!(error = %e, "reading the queue for /metrics failed"),
+                    let mut last = last_read.lock().await;
+                    if last.is_none_or(|at| at.elapsed() >= QUEUE_READ_EVERY) {
+                        match this.queue.stats().await {
+                            Ok(q) => crate::telemetry::queue(
+                                q.queued.max(0) as u64,
+                                Duration::from_millis(q.oldest_age_ms.max(0) as u64),
+                                q.dead_letters.max(0) as u64,
+                            ),
+                            Err(e) => warn!(error = %e, "reading the queue for /metrics failed"),
+                        }
+                        *last = Some(std::time::Instant::now());
                     }
+                    drop(last);
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
