@@ -421,7 +421,7 @@ impl Embedded {
                 let backoff = 1_000i64 << row.attempts.clamp(0, 8);
                 if let Err(e) = self
                     .dispatcher
-                    .record_attempt(&row.task_id, ok, backoff.min(300_000))
+                    .record_attempt(&row, ok, backoff.min(300_000))
                     .await
                 {
                     warn!(error = %e, "recording a delivery attempt failed");

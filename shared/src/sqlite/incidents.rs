@@ -207,6 +207,7 @@ pub struct SqliteDispatcher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchRow {
     pub task_id: String,
+    pub incident_id: String,
     pub agent: String,
     pub kind: String,
     pub severity: String,
@@ -232,7 +233,8 @@ impl SqliteDispatcher {
             .read(move |c| {
                 select_rows(
                     c,
-                    "WHERE tenant_id = ?1 AND incident_id = ?2 ORDER BY created_at, rowid",
+                    "WHERE tenant_id = ?1 AND incident_id = ?2
+                     ORDER BY created_at, kind = 'cancel', position",
                     params![t, i],
                 )
             })
@@ -252,24 +254,36 @@ impl SqliteDispatcher {
             .await
     }
 
-    /// Records a delivery attempt: delivered, or retried after `retry_after_ms`.
+    /// Records a delivery attempt on a task of [`SqliteDispatcher::due`]: delivered, or retried
+    /// after `retry_after_ms`.
     pub async fn record_attempt(
         &self,
-        task_id: &str,
+        row: &DispatchRow,
         delivered: bool,
         retry_after_ms: i64,
     ) -> Result<(), StoreError> {
-        let t = task_id.to_owned();
+        let key = (
+            row.tenant_id.clone(),
+            row.incident_id.clone(),
+            row.task_id.clone(),
+        );
         self.db
             .write(move |c| {
                 let now = now_ms();
-                c.execute(
+                c.prepare_cached(
                     "UPDATE dispatches SET attempts = attempts + 1,
-                        delivered_at = CASE WHEN ?2 THEN ?3 ELSE NULL END,
-                        next_attempt_at = ?3 + ?4
-                     WHERE task_id = ?1",
-                    params![t, delivered, now, retry_after_ms],
-                )?;
+                        delivered_at = CASE WHEN ?4 THEN ?5 ELSE NULL END,
+                        next_attempt_at = ?5 + ?6
+                     WHERE tenant_id = ?1 AND incident_id = ?2 AND task_id = ?3",
+                )?
+                .execute(params![
+                    key.0,
+                    key.1,
+                    key.2,
+                    delivered,
+                    now,
+                    retry_after_ms
+                ])?;
                 Ok(())
             })
             .await
@@ -282,7 +296,8 @@ fn select_rows(
     p: impl rusqlite::Params,
 ) -> Result<Vec<DispatchRow>, StoreError> {
     let sql = format!(
-        "SELECT task_id, agent, kind, severity, tenant_id, body, attempts, delivered_at IS NOT NULL
+        "SELECT task_id, agent, kind, severity, tenant_id, body, attempts, delivered_at IS NOT NULL,
+            incident_id
          FROM dispatches {tail}"
     );
     let mut st = c.prepare_cached(&sql)?;
@@ -296,6 +311,7 @@ fn select_rows(
             body: r.get(5)?,
             attempts: r.get(6)?,
             delivered: r.get(7)?,
+            incident_id: r.get(8)?,
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -321,10 +337,10 @@ impl Dispatcher for SqliteDispatcher {
                 let now = now_ms();
                 let mut st = c.prepare_cached(
                     "INSERT OR IGNORE INTO dispatches(task_id, tenant_id, incident_id, agent, kind,
-                        severity, body, created_at, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                        severity, body, created_at, next_attempt_at, position)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
                 )?;
-                for (t, body) in rows {
+                for (position, (t, body)) in rows.into_iter().enumerate() {
                     st.execute(params![
                         t.task_id,
                         t.tenant_id,
@@ -336,7 +352,8 @@ impl Dispatcher for SqliteDispatcher {
                         },
                         t.severity.as_str(),
                         body,
-                        now
+                        now,
+                        position as i64
                     ])?;
                 }
                 Ok(())
@@ -359,7 +376,8 @@ impl crate::ports::TaskLog for SqliteDispatcher {
             .read(move |c| {
                 let mut st = c.prepare_cached(
                     "SELECT task_id, agent, kind, attempts, delivered_at, created_at FROM dispatches
-                     WHERE tenant_id = ?1 AND incident_id = ?2 ORDER BY created_at, rowid",
+                     WHERE tenant_id = ?1 AND incident_id = ?2
+                     ORDER BY created_at, kind = 'cancel', position",
                 )?;
                 let rows = st.query_map(params![t, i], |r| {
                     let delivered: Option<i64> = r.get(4)?;
@@ -415,6 +433,93 @@ mod tests {
             assert!(plan.iter().all(|l| l.starts_with("SEARCH")), "{plan:?}");
             assert!(!plan.iter().any(|l| l.contains("TEMP B-TREE")), "{plan:?}");
         }
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database from before tasks were keyed by incident opens with its tasks intact, in
+    /// their order, still delivered and still recorded at most once.
+    #[tokio::test]
+    async fn tasks_of_an_earlier_layout_are_migrated_in_order() {
+        use crate::ports::TaskLog;
+        let dir = super::super::tests::tempdir();
+        let path = dir.join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE dispatches (
+                    task_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, incident_id TEXT NOT NULL,
+                    agent TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
+                    body TEXT NOT NULL, created_at INTEGER NOT NULL, delivered_at INTEGER,
+                    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL);
+                 CREATE INDEX dispatches_undelivered ON dispatches(next_attempt_at)
+                    WHERE delivered_at IS NULL;
+                 CREATE INDEX dispatches_by_incident ON dispatches(tenant_id, incident_id);
+                 -- Hash-like ids out of order, one timestamp: only the rowid said the order.
+                 INSERT INTO dispatches VALUES
+                    ('task_f', 't', 'inc_1', 'metrics', 'dispatch', 'high', '{}', 5, 6, 1, 6),
+                    ('task_a', 't', 'inc_1', 'logs', 'dispatch', 'high', '{}', 5, NULL, 0, 5),
+                    ('task_c', 't', 'inc_1', 'deploys', 'cancel', 'high', '{}', 5, NULL, 0, 5),
+                    ('task_b', 't', 'inc_2', 'logs', 'dispatch', 'low', '{}', 7, NULL, 0, 7);",
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let db = Db::open(&path).unwrap();
+            let tasks = SqliteDispatcher::new(db.clone());
+            let listed = tasks.tasks("t", "inc_1").await.unwrap();
+            let order: Vec<_> = listed.iter().map(|t| t.task_id.as_str()).collect();
+            assert_eq!(order, ["task_f", "task_a", "task_c"]);
+            assert_eq!(listed[0].state, "delivered");
+            assert_eq!(listed[2].kind, "cancel");
+            let left: i64 = db
+                .read(|c| {
+                    Ok(c.query_row(
+                        "SELECT count(*) FROM sqlite_master WHERE name IN
+                           ('dispatches_before_position', 'dispatches_by_incident')",
+                        [],
+                        |r| r.get(0),
+                    )?)
+                })
+                .await
+                .unwrap();
+            assert_eq!(left, 0);
+            db.close();
+        }
+        let db = Db::open(&path).unwrap();
+        let tasks = SqliteDispatcher::new(db.clone());
+        let due = tasks.due(10).await.unwrap();
+        let due_ids: Vec<_> = due.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(due_ids, ["task_a", "task_c", "task_b"]);
+        tasks.record_attempt(&due[0], true, 0).await.unwrap();
+        let still_due: Vec<_> = tasks
+            .due(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.task_id)
+            .collect();
+        assert_eq!(still_due, ["task_c", "task_b"]);
+        // Recording a migrated task again changes nothing (its key is the same).
+        let again = DispatchTask {
+            task_id: "task_b".into(),
+            kind: TaskKind::Dispatch,
+            incident_id: "inc_2".into(),
+            tenant_id: "t".into(),
+            agent: "logs".into(),
+            severity: crate::model::Severity::Low,
+            summary: crate::model::AlertSummary {
+                provider: crate::model::Provider::Generic,
+                source_alert_id: "a".into(),
+                title: "a".into(),
+                service: None,
+                environment: None,
+                links: Vec::new(),
+            },
+            dispatched_at: "2026-11-28T00:00:00Z".into(),
+        };
+        tasks.dispatch_all(&[again]).await.unwrap();
+        assert_eq!(tasks.tasks("t", "inc_2").await.unwrap().len(), 1);
         db.close();
         let _ = std::fs::remove_dir_all(&dir);
     }

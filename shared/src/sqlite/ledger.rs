@@ -86,9 +86,12 @@ impl AlertLedger for SqliteLedger {
         let alerts = alerts.to_vec();
         let ttl_ms = self.config.ttl.as_millis() as i64;
         let request_id = crate::http::observe::current_request_id();
+        // Without a savepoint of its own (`write_unguarded`): its only failures are the
+        // in-flight answer, which this ledger never gives (its records are written queued),
+        // and failed writes, after which the whole transaction is rolled back.
         let results = self
             .db
-            .write(move |c| {
+            .write_unguarded(move |c| {
                 let now = received_at.timestamp_millis();
                 let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let mut results = Vec::with_capacity(alerts.len());
