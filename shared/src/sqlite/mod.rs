@@ -437,30 +437,51 @@ impl Db {
 /// landed on a random page) and ordered by rowid; they are now keyed by incident, with a
 /// `position`. Their rows are copied over, the old rowid order kept as `position`.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let current: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('dispatches') WHERE name = 'position')",
-        [],
-        |r| r.get(0),
-    )?;
-    if current {
+    let current = |c: &Connection| -> Result<bool, StoreError> {
+        Ok(c.query_row(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info('dispatches') WHERE name = 'position')",
+            [],
+            |r| r.get(0),
+        )?)
+    };
+    if current(conn)? {
         return Ok(());
     }
-    let tx = conn.unchecked_transaction()?;
-    tx.execute_batch(
-        "ALTER TABLE dispatches RENAME TO dispatches_before_position;
-         DROP INDEX IF EXISTS dispatches_undelivered;
-         DROP INDEX IF EXISTS dispatches_by_incident;",
-    )?;
-    tx.execute_batch(include_str!("schema.sql"))?;
-    tx.execute_batch(
-        "INSERT INTO dispatches(tenant_id, incident_id, task_id, position, agent, kind, severity,
-            body, created_at, delivered_at, attempts, next_attempt_at)
-         SELECT tenant_id, incident_id, task_id, rowid, agent, kind, severity,
-            body, created_at, delivered_at, attempts, next_attempt_at
-         FROM dispatches_before_position;
-         DROP TABLE dispatches_before_position;",
-    )?;
-    tx.commit()?;
+    // Checked again under the write lock: another process (a CLI command beside a starting
+    // `serve`) may have migrated meanwhile.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let migrated = (|| {
+        if current(conn)? {
+            return Ok(false);
+        }
+        conn.execute_batch(
+            "ALTER TABLE dispatches RENAME TO dispatches_before_position;
+             DROP INDEX IF EXISTS dispatches_undelivered;
+             DROP INDEX IF EXISTS dispatches_by_incident;",
+        )?;
+        conn.execute_batch(include_str!("schema.sql"))?;
+        conn.execute_batch(
+            "INSERT INTO dispatches(tenant_id, incident_id, task_id, position, agent, kind,
+                severity, body, created_at, delivered_at, attempts, next_attempt_at)
+             SELECT tenant_id, incident_id, task_id, rowid, agent, kind,
+                severity, body, created_at, delivered_at, attempts, next_attempt_at
+             FROM dispatches_before_position;
+             DROP TABLE dispatches_before_position;",
+        )?;
+        Ok::<_, StoreError>(true)
+    })();
+    match migrated {
+        Ok(done) => {
+            conn.execute_batch("COMMIT")?;
+            if !done {
+                return Ok(());
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
     info!("migrated the agent task table to its incident-keyed layout");
     Ok(())
 }
