@@ -247,7 +247,9 @@ impl SqliteDispatcher {
             .read(move |c| {
                 select_rows(
                     c,
-                    "WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+                    // Ties in the order recorded: a dispatch and its cancel often share their times.
+                    "WHERE delivered_at IS NULL AND next_attempt_at <= ?1
+                     ORDER BY next_attempt_at, created_at, kind = 'cancel', position LIMIT ?2",
                     params![now_ms(), limit as i64],
                 )
             })
@@ -455,11 +457,12 @@ mod tests {
                  CREATE INDEX dispatches_undelivered ON dispatches(next_attempt_at)
                     WHERE delivered_at IS NULL;
                  CREATE INDEX dispatches_by_incident ON dispatches(tenant_id, incident_id);
-                 -- Hash-like ids out of order, one timestamp: only the rowid said the order.
+                 -- Hash-like ids against their order, one timestamp: only the rowid said it.
                  INSERT INTO dispatches VALUES
                     ('task_f', 't', 'inc_1', 'metrics', 'dispatch', 'high', '{}', 5, 6, 1, 6),
-                    ('task_a', 't', 'inc_1', 'logs', 'dispatch', 'high', '{}', 5, NULL, 0, 5),
-                    ('task_c', 't', 'inc_1', 'deploys', 'cancel', 'high', '{}', 5, NULL, 0, 5),
+                    ('task_z', 't', 'inc_1', 'logs', 'dispatch', 'high', '{}', 5, NULL, 0, 5),
+                    ('task_y', 't', 'inc_1', 'deploys', 'dispatch', 'high', '{}', 5, NULL, 0, 5),
+                    ('task_0', 't', 'inc_1', 'logs', 'cancel', 'high', '{}', 5, NULL, 0, 5),
                     ('task_b', 't', 'inc_2', 'logs', 'dispatch', 'low', '{}', 7, NULL, 0, 7);",
             )
             .unwrap();
@@ -469,9 +472,9 @@ mod tests {
             let tasks = SqliteDispatcher::new(db.clone());
             let listed = tasks.tasks("t", "inc_1").await.unwrap();
             let order: Vec<_> = listed.iter().map(|t| t.task_id.as_str()).collect();
-            assert_eq!(order, ["task_f", "task_a", "task_c"]);
+            assert_eq!(order, ["task_f", "task_z", "task_y", "task_0"]);
             assert_eq!(listed[0].state, "delivered");
-            assert_eq!(listed[2].kind, "cancel");
+            assert_eq!(listed[3].kind, "cancel");
             let left: i64 = db
                 .read(|c| {
                     Ok(c.query_row(
@@ -490,7 +493,8 @@ mod tests {
         let tasks = SqliteDispatcher::new(db.clone());
         let due = tasks.due(10).await.unwrap();
         let due_ids: Vec<_> = due.iter().map(|r| r.task_id.as_str()).collect();
-        assert_eq!(due_ids, ["task_a", "task_c", "task_b"]);
+        // Due in the order recorded, a dispatch before its cancel, whatever their ids.
+        assert_eq!(due_ids, ["task_z", "task_y", "task_0", "task_b"]);
         tasks.record_attempt(&due[0], true, 0).await.unwrap();
         let still_due: Vec<_> = tasks
             .due(10)
@@ -499,7 +503,7 @@ mod tests {
             .into_iter()
             .map(|r| r.task_id)
             .collect();
-        assert_eq!(still_due, ["task_c", "task_b"]);
+        assert_eq!(still_due, ["task_y", "task_0", "task_b"]);
         // Recording a migrated task again changes nothing (its key is the same).
         let again = DispatchTask {
             task_id: "task_b".into(),

@@ -497,29 +497,41 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 /// once, each shorter than the last, until one copies at most [`CATCH_UP_FRAMES`]; then
 /// `restart` asks the writer to copy the few frames left itself, between two transactions.
 fn checkpoint_loop(conn: Connection, grown: Receiver<()>, restart: Arc<AtomicBool>) {
-    let mut copied_before = 0i64;
+    // The WAL's frames and how many were copied, as of the last pass that ran.
+    let (mut frames_before, mut copied_before) = (0i64, 0i64);
     while grown.recv().is_ok() {
         let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         });
         let (frames, copied) = match pass {
-            Ok(p) => p,
+            Ok((0, frames, copied)) if frames >= 0 && copied >= 0 => (frames, copied),
+            // Busy (-1 counts): another checkpoint ran; nothing learnt.
+            Ok(_) => {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                continue;
+            }
             Err(e) => {
                 debug!(error = %e, "passive checkpoint did not run");
                 std::thread::sleep(CHECKPOINT_EVERY);
                 continue;
             }
         };
-        // Fewer copied frames than last time: the WAL started over in between.
-        let this_pass = if copied >= copied_before {
-            copied - copied_before
-        } else {
+        // A shorter WAL, or fewer frames copied, than last time: it started over in between.
+        let this_pass = if frames < frames_before || copied < copied_before {
             copied
+        } else {
+            copied - copied_before
         };
-        copied_before = copied;
+        (frames_before, copied_before) = (frames, copied);
         if frames < WAL_RESTART_FRAMES {
             std::thread::sleep(CHECKPOINT_EVERY);
-        } else if this_pass <= CATCH_UP_FRAMES {
+        } else if this_pass <= CATCH_UP_FRAMES && frames - copied <= CATCH_UP_FRAMES {
+            // Nearly caught up, and not held back by a reader: what the writer copies is what
+            // arrived during this short pass.
             restart.store(true, Ordering::Release);
             std::thread::sleep(CHECKPOINT_EVERY);
         }
@@ -599,9 +611,17 @@ fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), St
                 },
             )
         };
+        // SQLite itself rolls the whole transaction back on some errors (I/O, disk full, out of
+        // memory), even of a read; the batch must not go on outside a transaction.
+        let rolled_back =
+            || StoreError::Unavailable("the disk failed a write; the batch was rolled back".into());
         if !job.guarded() {
             let before = conn.total_changes();
-            if !run(job) && conn.total_changes() != before {
+            let ok = run(job);
+            if conn.is_autocommit() {
+                return Err(rolled_back());
+            }
+            if !ok && conn.total_changes() != before {
                 rollback();
                 return Err(StoreError::Unavailable(
                     "a write failed part-way; its transaction was rolled back".into(),
@@ -614,6 +634,9 @@ fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), St
             return Err(e.into());
         }
         let ok = run(job);
+        if conn.is_autocommit() {
+            return Err(rolled_back());
+        }
         let end = if ok {
             control("RELEASE job")
         } else {
@@ -697,6 +720,14 @@ mod tests {
             .unwrap()
     }
 
+    /// Polls a write once: that hands its job to the writer. So the jobs of several writes
+    /// polled while the writer is held form one batch.
+    fn submitted<F: std::future::Future + Unpin>(mut f: F) -> F {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::pin::Pin::new(&mut f).poll(&mut cx).is_pending());
+        f
+    }
+
     /// Jobs without a savepoint: one failing before it writes fails alone; one failing (or
     /// panicking) after it wrote takes its whole batch down, and nothing of that batch stays.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,10 +739,15 @@ mod tests {
             .unwrap();
         let insert = |db: &Db, x: i64, fail: Option<&'static str>| {
             let db = db.clone();
-            tokio::spawn(async move {
+            submitted(Box::pin(async move {
                 db.write_unguarded(move |c| {
                     if fail == Some("before") {
                         return Err(StoreError::Invalid("refused before writing".into()));
+                    }
+                    if fail == Some("disk") {
+                        // As SQLite does itself on an I/O error: the whole transaction goes.
+                        c.execute_batch("ROLLBACK")?;
+                        return Err(StoreError::Unavailable("disk I/O error".into()));
                     }
                     c.execute("INSERT INTO t VALUES (?1)", [x])?;
                     match fail {
@@ -721,7 +757,7 @@ mod tests {
                     }
                 })
                 .await
-            })
+            }))
         };
 
         let release = hold_writer(&db).await;
@@ -733,30 +769,36 @@ mod tests {
         drop(release);
         let mut ok = Vec::new();
         for job in jobs {
-            ok.push(job.await.unwrap().is_ok());
+            ok.push(job.await.is_ok());
         }
         assert_eq!(ok, [true, false, true]);
         assert_eq!(count(&db).await, 2);
 
-        for failure in ["after", "panic"] {
+        // The job after the failing one must not run either: after "disk" it would commit on
+        // its own, outside any transaction.
+        for failure in ["after", "panic", "disk"] {
             let release = hold_writer(&db).await;
             let guarded = {
                 let db = db.clone();
-                tokio::spawn(async move {
+                submitted(Box::pin(async move {
                     db.write(|c| Ok(c.execute("INSERT INTO t VALUES (10)", [])?))
                         .await
-                })
+                }))
             };
-            let jobs = vec![insert(&db, 11, None), insert(&db, 12, Some(failure))];
+            let jobs = vec![
+                insert(&db, 11, None),
+                insert(&db, 12, Some(failure)),
+                insert(&db, 13, None),
+            ];
             drop(release);
-            assert!(guarded.await.unwrap().is_err(), "{failure}");
+            assert!(guarded.await.is_err(), "{failure}");
             for job in jobs {
-                assert!(job.await.unwrap().is_err(), "{failure}");
+                assert!(job.await.is_err(), "{failure}");
             }
             assert_eq!(count(&db).await, 2, "{failure}: nothing of the batch stays");
         }
         // The writer goes on.
-        insert(&db, 4, None).await.unwrap().unwrap();
+        insert(&db, 4, None).await.unwrap();
         assert_eq!(count(&db).await, 3);
         db.close();
     }

@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS dispatches (
     tenant_id       TEXT NOT NULL,
     incident_id     TEXT NOT NULL,
     task_id         TEXT NOT NULL,
-    position        INTEGER NOT NULL,
+    position        INTEGER NOT NULL DEFAULT 0,
     agent           TEXT NOT NULL,
     kind            TEXT NOT NULL,
     severity        TEXT NOT NULL,
