@@ -692,6 +692,70 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
     app.db.close();
 }
 
+/// The fallback of a batch: one alert whose triage fails (an acknowledgement that finds no
+/// incident yet) rolls back the batch's first pass, and its batch-mates are then triaged one by
+/// one and done. A record that is not a queued alert fails alone before any pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mates_of_a_failing_alert_are_triaged_and_done() {
+    use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};
+    // Not running: nothing but this test triages its queue.
+    let app = Embedded::open(EmbeddedConfig::new(common::tempdir().join("c.db"))).unwrap();
+    let alert = |status: &str, incident: &str| {
+        serde_json::json!({"tenantId": "acme", "provider": "generic", "incidentId": incident,
+            "receivedAt": "2026-11-28T00:00:00Z",
+            "alert": {"sourceAlertId": incident, "status": status, "title": "t", "severity": "high"}})
+        .to_string()
+    };
+    let bodies = [
+        alert("firing", "inc_before"),
+        alert("acknowledged", "inc_never_opened"),
+        "not json".to_owned(),
+        alert("firing", "inc_after"),
+    ];
+    app.db
+        .write(move |c| {
+            for body in &bodies {
+                c.execute(
+                    "INSERT INTO queue(body, enqueued_at, visible_at) VALUES (?1, 0, 0)",
+                    [body],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        app.queue
+            .triage_batch(app.triage.clone(), 64, 30_000, 60_000)
+            .await
+            .unwrap(),
+        4
+    );
+    for incident in ["inc_before", "inc_after"] {
+        assert!(
+            app.incidents.get("acme", incident).await.unwrap().is_some(),
+            "{incident}"
+        );
+    }
+    let left: Vec<(String, i64)> = app
+        .db
+        .read(|c| {
+            let mut st =
+                c.prepare("SELECT substr(body, 1, 8), receive_count FROM queue ORDER BY id")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+        .unwrap();
+    // The two firings are done; the acknowledgement and the malformed record wait, received once.
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[1], ("not json".to_owned(), 1));
+    assert_eq!(left[0].1, 1);
+    app.db.close();
+}
+
 struct PanicDispatcher;
 
 #[async_trait::async_trait]

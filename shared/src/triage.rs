@@ -89,21 +89,17 @@ impl Triage {
     /// Triages one queue record: parses it, processes it, and on its last receive gives its key
     /// up if it failed. `Ok` means the record is done and may be deleted from the queue.
     pub async fn handle_record(&self, rec: QueueRecord) -> Result<(), TriageError> {
-        let msg = match Self::parse(&rec) {
-            Ok(msg) => msg,
-            Err(e) => {
-                crate::telemetry::triage_failed();
-                return Err(e);
-            }
-        };
+        let msg = Self::parse(&rec)?;
         let result = self.process(&msg).await;
         self.settle(&rec, &msg, result).await
     }
 
-    /// The queued alert a record carries.
+    /// The queued alert a record carries; a record that is not one is counted as failed.
     pub fn parse(rec: &QueueRecord) -> Result<QueuedAlert, TriageError> {
-        serde_json::from_str::<QueuedAlert>(&rec.body)
-            .map_err(|e| TriageError::Malformed(e.to_string()))
+        serde_json::from_str::<QueuedAlert>(&rec.body).map_err(|e| {
+            crate::telemetry::triage_failed();
+            TriageError::Malformed(e.to_string())
+        })
     }
 
     /// What follows [`Triage::process`]: on the record's last receive, an acknowledgement

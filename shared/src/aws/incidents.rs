@@ -349,13 +349,7 @@ impl Dispatcher for SnsDispatcher {
             .message_attributes("agent", attr(&task.agent))
             .message_attributes("severity", attr(task.severity.as_str()))
             .message_attributes("tenantId", attr(&task.tenant_id))
-            .message_attributes(
-                "kind",
-                attr(match task.kind {
-                    TaskKind::Dispatch => "dispatch",
-                    TaskKind::Cancel => "cancel",
-                }),
-            )
+            .message_attributes("kind", attr(task.kind.as_str()))
             .send()
             .await;
         crate::telemetry::dispatch_attempt(published.is_ok());

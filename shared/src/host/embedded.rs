@@ -241,14 +241,18 @@ impl Embedded {
         Ok(Some(self.directory.create_key("demo", "demo").await?))
     }
 
-    /// Serves the API on `listener` and runs the workers until `shutdown` resolves; then stops
-    /// accepting, finishes in-flight requests and triage, and flushes the database.
-    /// The ingest API and the console on one router.
+    /// The ingest API and the console on one router, with `/metrics` unless
+    /// `config.metrics_addr` puts it on an address of its own.
     pub fn router(&self) -> axum::Router {
+        self.app_router(self.config.metrics_addr.is_none())
+    }
+
+    fn app_router(&self, with_metrics: bool) -> axum::Router {
         let app = router(self.state.clone()).merge(crate::console::router(self.console.clone()));
-        match self.config.metrics_addr {
-            Some(_) => app,
-            None => app.merge(self.metrics_router()),
+        if with_metrics {
+            app.merge(self.metrics_router())
+        } else {
+            app
         }
     }
 
@@ -287,6 +291,8 @@ impl Embedded {
         )
     }
 
+    /// Serves the API on `listener` and runs the workers until `shutdown` resolves; then stops
+    /// accepting, finishes in-flight requests and triage, and flushes the database.
     pub async fn run(
         &self,
         listener: tokio::net::TcpListener,
@@ -299,8 +305,8 @@ impl Embedded {
         self.run_with(listener, metrics, shutdown).await
     }
 
-    /// Like [`Embedded::run`] with the metrics listener bound by the caller. When it is given,
-    /// set `config.metrics_addr` too, so the main router leaves `/metrics` out.
+    /// Like [`Embedded::run`] with the metrics listener bound by the caller: given one,
+    /// `/metrics` is served there only.
     pub async fn run_with(
         &self,
         listener: tokio::net::TcpListener,
@@ -345,7 +351,8 @@ impl Embedded {
             }
             None => None,
         };
-        let served = server::serve(listener, self.router(), self.config.limits, shutdown).await;
+        let app = self.app_router(metrics_server.is_none());
+        let served = server::serve(listener, app, self.config.limits, shutdown).await;
         let _ = stop_tx.send(true);
         if let Some(m) = metrics_server {
             let _ = m.await;

@@ -116,9 +116,11 @@ async fn admit(
         .await
         .inspect_err(|e| tracing::error!(error = %e, "ledger admit failed"))?;
 
-    let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
-    for o in Outcome::ALL {
-        telemetry::alerts(provider.as_str(), o.as_str(), count(o));
+    // Counted once; the metric, the log line and the answer's outcome label all read these.
+    let counts = Outcome::ALL.map(|o| (o, results.iter().filter(|r| r.outcome == o).count()));
+    let count = |o: Outcome| counts.iter().find(|(k, _)| *k == o).map_or(0, |(_, n)| *n);
+    for (o, n) in counts {
+        telemetry::alerts(provider.as_str(), o.as_str(), n);
     }
     info!(
         alerts = results.len(),
@@ -149,6 +151,8 @@ async fn admit(
         Outcome::Resolved,
         Outcome::Acknowledged,
         Outcome::Ignored,
+        // Alertmanager's repeat of a group it already sent: all duplicates, still a 202.
+        Outcome::Duplicate,
     ]
     .into_iter()
     .find(|o| count(*o) > 0)

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now_ms, Db};
 use crate::error::StoreError;
-use crate::model::{DispatchTask, Incident, IncidentStatus, TaskKind};
+use crate::model::{DispatchTask, Incident, IncidentStatus};
 use crate::ports::{Dispatcher, IncidentPage, IncidentQuery, IncidentStore};
 
 /// [`IncidentStore`] on the `incidents` table.
@@ -348,10 +348,7 @@ impl Dispatcher for SqliteDispatcher {
                         t.tenant_id,
                         t.incident_id,
                         t.agent,
-                        match t.kind {
-                            TaskKind::Dispatch => "dispatch",
-                            TaskKind::Cancel => "cancel",
-                        },
+                        t.kind.as_str(),
                         t.severity.as_str(),
                         body,
                         now,
@@ -443,6 +440,7 @@ mod tests {
     /// their order, still delivered and still recorded at most once.
     #[tokio::test]
     async fn tasks_of_an_earlier_layout_are_migrated_in_order() {
+        use crate::model::TaskKind;
         use crate::ports::TaskLog;
         let dir = super::super::tests::tempdir();
         let path = dir.join("old.db");

@@ -3,8 +3,9 @@
 //! All writes go through one writer thread that commits whatever has queued up in a single
 //! transaction (group commit): a request waits for the commit that carries its write, so a 202 is
 //! only sent once the write is on disk (`synchronous=FULL`), yet throughput is not capped at one
-//! fsync per request. Each job runs in its own savepoint, so one failing job never takes its
-//! batch-mates down. Reads use a small pool of connections and run concurrently under WAL.
+//! fsync per request. Jobs run in savepoints of their own, so one failing job never takes its
+//! batch-mates down; admission, which fails only before it writes, runs without one
+//! ([`Db::write_unguarded`]). Reads use a small pool of connections and run concurrently under WAL.
 
 mod directory;
 mod incidents;
@@ -73,12 +74,15 @@ fn inline<T>(conn: &Connection, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// The connection [`inline`] set on this thread, if any.
-fn inline_connection<T>(f: impl FnOnce(&Connection) -> T) -> Option<T> {
-    // SAFETY: the pointer is set only by `inline`, from a reference that outlives the call of
-    // `f` it wraps, and is cleared (restored) when that call returns or unwinds; it never leaves
-    // this thread (thread-local).
-    INLINE.with(|c| c.get()).map(|p| f(unsafe { &*p }))
+/// Runs `f` on the connection [`inline`] set on this thread, if any; otherwise hands `f` back.
+fn run_inline<T, F: FnOnce(&Connection) -> T>(f: F) -> Result<T, F> {
+    match INLINE.with(|c| c.get()) {
+        // SAFETY: the pointer is set only by `inline`, from a reference that outlives the call
+        // of `f` it wraps, and is cleared (restored) when that call returns or unwinds; it never
+        // leaves this thread (thread-local).
+        Some(p) => Ok(f(unsafe { &*p })),
+        None => Err(f),
+    }
 }
 
 /// Runs one transaction-control statement, prepared once per connection.
@@ -166,6 +170,20 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     signals: Arc<Signals>,
     faults: Arc<FaultSwitch>,
+    /// Held for the tests, which watch the hand-over happen.
+    #[cfg_attr(not(test), allow(dead_code))]
+    wal: Arc<WalRestart>,
+}
+
+/// The hand-over between the checkpoint thread and the writer that lets the WAL start over
+/// ([`checkpoint_loop`]).
+#[derive(Default)]
+struct WalRestart {
+    /// Set by the checkpoint thread once little is left to copy.
+    wanted: AtomicBool,
+    /// Catch-up checkpoints by the writer that copied every frame: its next transaction then
+    /// starts the WAL over.
+    caught_up: std::sync::atomic::AtomicU64,
 }
 
 /// Turns SQLite's memory statistics off before its first use in the process: they take a
@@ -269,19 +287,19 @@ impl Db {
         conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
         let checkpointer = open_connection(&path)?;
         let (grew, grown) = mpsc::sync_channel::<()>(1);
-        let restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let restart_wanted = restart.clone();
+        let wal = Arc::new(WalRestart::default());
+        let restart = wal.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, grown, restart_wanted))
+            .spawn(move || checkpoint_loop(checkpointer, grown, restart))
             .map_err(|e| StoreError::Unavailable(format!("spawn checkpointer: {e}")))?;
         let (tx, rx) = mpsc::sync_channel::<Box<dyn WriteJob>>(WRITE_QUEUE_DEPTH);
         let faults = Arc::new(FaultSwitch::default());
         let thread = {
-            let faults = faults.clone();
+            let (faults, wal) = (faults.clone(), wal.clone());
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || writer_loop(conn, rx, faults, grew, restart))
+                .spawn(move || writer_loop(conn, rx, faults, grew, wal))
                 .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?
         };
         Ok(Db {
@@ -292,6 +310,7 @@ impl Db {
                 readers: Mutex::new(Vec::new()),
                 signals: Arc::default(),
                 faults,
+                wal,
             }),
         })
     }
@@ -337,13 +356,12 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let mut f = Some(f);
         // Inline, a write is part of the caller's savepoint (triage's per-record one), which
         // rolls it back with the rest of the record if anything fails.
-        if let Some(r) = inline_connection(|c| f.take().expect("runs once")(c)) {
-            return r;
-        }
-        let f = f.expect("not taken");
+        let f = match run_inline(f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
         let (reply, rx) = oneshot::channel();
         let job = Box::new(TypedJob {
             f: Some(f),
@@ -376,11 +394,10 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let mut f = Some(f);
-        if let Some(r) = inline_connection(|c| f.take().expect("runs once")(c)) {
-            return r;
-        }
-        let f = f.expect("not taken");
+        let f = match run_inline(f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.read_blocking(f))
             .await
@@ -405,11 +422,10 @@ impl Db {
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
-        let mut f = Some(f);
-        if let Some(r) = inline_connection(|c| f.take().expect("runs once")(c)) {
-            return r;
-        }
-        let f = f.expect("not taken");
+        let f = match run_inline(f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
         let conn = self.inner.readers.lock().expect("reader pool").pop();
         let conn = match conn {
             Some(c) => c,
@@ -496,7 +512,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 /// while it copies. So once the WAL is past [`WAL_RESTART_FRAMES`], passes follow each other at
 /// once, each shorter than the last, until one copies at most [`CATCH_UP_FRAMES`]; then
 /// `restart` asks the writer to copy the few frames left itself, between two transactions.
-fn checkpoint_loop(conn: Connection, grown: Receiver<()>, restart: Arc<AtomicBool>) {
+fn checkpoint_loop(conn: Connection, grown: Receiver<()>, restart: Arc<WalRestart>) {
     // The WAL's frames and how many were copied, as of the last pass that ran.
     let (mut frames_before, mut copied_before) = (0i64, 0i64);
     while grown.recv().is_ok() {
@@ -532,7 +548,7 @@ fn checkpoint_loop(conn: Connection, grown: Receiver<()>, restart: Arc<AtomicBoo
         } else if this_pass <= CATCH_UP_FRAMES && frames - copied <= CATCH_UP_FRAMES {
             // Nearly caught up, and not held back by a reader: what the writer copies is what
             // arrived during this short pass.
-            restart.store(true, Ordering::Release);
+            restart.wanted.store(true, Ordering::Release);
             std::thread::sleep(CHECKPOINT_EVERY);
         }
     }
@@ -543,7 +559,7 @@ fn writer_loop(
     rx: Receiver<Box<dyn WriteJob>>,
     faults: Arc<FaultSwitch>,
     grew: SyncSender<()>,
-    restart: Arc<AtomicBool>,
+    wal: Arc<WalRestart>,
 ) {
     let (mut commits, mut total_jobs) = (0u64, 0u64);
     while let Ok(first) = rx.recv() {
@@ -576,9 +592,19 @@ fn writer_loop(
             job.finish(result.clone());
         }
         // After the answers, so no request waits for it (`checkpoint_loop`).
-        if restart.swap(false, Ordering::Acquire) {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                debug!(error = %e, "catch-up checkpoint did not run");
+        if wal.wanted.swap(false, Ordering::Acquire) {
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            }) {
+                Ok((0, frames, copied)) if frames == copied => {
+                    wal.caught_up.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => debug!("catch-up checkpoint left frames behind (a reader holds them)"),
+                Err(e) => debug!(error = %e, "catch-up checkpoint did not run"),
             }
         }
     }
@@ -803,8 +829,9 @@ mod tests {
         db.close();
     }
 
-    /// Under steady writes the WAL starts over near WAL_RESTART_FRAMES instead of growing to
-    /// SQLite's own bound (WAL_HARD_FRAMES, 256 MB): 96 MB written, one commit at a time.
+    /// Under steady writes the WAL keeps starting over through the hand-over of
+    /// `checkpoint_loop`, and stays within WAL_KEEP_BYTES rather than growing to SQLite's own
+    /// bound (WAL_HARD_FRAMES, 256 MB). Waits on the hand-over happening, not on time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_steady_writes() {
         let dir = tempdir();
@@ -813,19 +840,21 @@ mod tests {
         db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x BLOB)")?))
             .await
             .unwrap();
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
-        let mut largest = 0;
-        for _ in 0..768 {
-            // New pages every time (128 KB each), as a busy dedup table's would be.
-            db.write(|c| Ok(c.execute("INSERT INTO t VALUES (zeroblob(131072))", [])?))
-                .await
-                .unwrap();
-            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        let insert = || db.write(|c| Ok(c.execute("INSERT INTO t VALUES (zeroblob(131072))", [])?));
+        // New pages every time (128 KB each), as a busy dedup table's would be. 4,000 writes
+        // (500 MB) bound the wait.
+        let mut writes = 0;
+        while db.inner.wal.caught_up.load(Ordering::Relaxed) < 3 {
+            assert!(writes < 4_000, "no WAL hand-over after {writes} writes");
+            insert().await.unwrap();
+            writes += 1;
         }
-        assert!(
-            largest < (WAL_KEEP_BYTES as u64),
-            "the WAL grew to {largest} bytes"
-        );
+        // The next transaction starts the WAL over, trimming the file to WAL_KEEP_BYTES.
+        insert().await.unwrap();
+        let wal = std::fs::metadata(format!("{}-wal", path.display()))
+            .unwrap()
+            .len();
+        assert!(wal <= WAL_KEEP_BYTES as u64, "the WAL is {wal} bytes");
         db.close();
     }
 

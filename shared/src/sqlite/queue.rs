@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{now_ms, Db};
 use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::error::StoreError;
+use crate::model::QueuedAlert;
 use crate::triage::{QueueRecord, TriageError};
 
 /// Receives after which a message is dead-lettered (SQS `maxReceiveCount`).
@@ -126,27 +127,28 @@ impl SqliteQueue {
         self.db
             .write(move |c| {
                 let now = now_ms();
-                if triage_together(c, &triage, &claimed)? {
+                let retry = |record: &QueueRecord, e: &dyn std::fmt::Display| {
+                    tracing::warn!(message_id = %record.id, error = %e,
+                        "triage failed; the message will be redelivered");
+                    retry_later(c, row_id(record), now, retry_base_ms)
+                };
+                // A record that is not a queued alert fails alone, before any triage runs.
+                let mut parsed = Vec::with_capacity(claimed.len());
+                for record in claimed {
+                    match crate::triage::Triage::parse(&record) {
+                        Ok(msg) => parsed.push((record, msg)),
+                        Err(e) => retry(&record, &e)?,
+                    }
+                }
+                if triage_together(c, &triage, &parsed)? {
                     return Ok(());
                 }
-                for record in &claimed {
-                    let id: i64 = record.id.parse().unwrap_or(-1);
+                for (record, msg) in &parsed {
                     // A failing savepoint statement fails the whole job (`?`): the batch's
                     // messages then reappear when their claim lapses, receives counted.
-                    match triage_one(c, &triage, record)? {
-                        Ok(()) => {
-                            c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
-                                .execute([id])?;
-                        }
-                        Err(e) => {
-                            tracing::warn!(message_id = id, error = %e,
-                                "triage failed; the message will be redelivered");
-                            c.prepare_cached(
-                                "UPDATE queue SET visible_at = ?2 + MIN(?3 * (1 << MIN(MAX(receive_count - 1, 0), 16)), 600000)
-                                 WHERE id = ?1",
-                            )?
-                            .execute(params![id, now, retry_base_ms])?;
-                        }
+                    match triage_one(c, &triage, record, msg)? {
+                        Ok(()) => delete(c, row_id(record))?,
+                        Err(e) => retry(record, &e)?,
                     }
                 }
                 Ok(())
@@ -213,30 +215,22 @@ impl SqliteQueue {
 fn triage_together(
     c: &rusqlite::Connection,
     triage: &crate::triage::Triage,
-    claimed: &[QueueRecord],
+    batch: &[(QueueRecord, QueuedAlert)],
 ) -> Result<bool, StoreError> {
     super::control(c, "SAVEPOINT batch")?;
-    let mut parsed = Vec::with_capacity(claimed.len());
-    for record in claimed {
-        let Ok(msg) = crate::triage::Triage::parse(record) else {
-            break;
-        };
-        if drive(c, triage.process(&msg)).is_err() {
-            break;
-        }
-        parsed.push(msg);
-    }
-    if parsed.len() < claimed.len() {
+    if !batch
+        .iter()
+        .all(|(_, msg)| drive(c, triage.process(msg)).is_ok())
+    {
         super::control(c, "ROLLBACK TO batch")?;
         super::control(c, "RELEASE batch")?;
         return Ok(false);
     }
     super::control(c, "RELEASE batch")?;
-    let mut delete = c.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
-    for (record, msg) in claimed.iter().zip(&parsed) {
+    for (record, msg) in batch {
         // `settle` of a success only counts it.
         let _ = drive(c, triage.settle(record, msg, Ok(())));
-        delete.execute([record.id.parse::<i64>().unwrap_or(-1)])?;
+        delete(c, row_id(record))?;
     }
     Ok(true)
 }
@@ -248,22 +242,42 @@ fn triage_one(
     c: &rusqlite::Connection,
     triage: &crate::triage::Triage,
     record: &QueueRecord,
-) -> Result<Result<(), StoreError>, StoreError> {
-    let msg = match crate::triage::Triage::parse(record) {
-        Ok(msg) => msg,
-        Err(e) => {
-            crate::telemetry::triage_failed();
-            return Ok(Err(StoreError::Unavailable(e.to_string())));
-        }
-    };
+    msg: &QueuedAlert,
+) -> Result<Result<(), TriageError>, StoreError> {
     super::control(c, "SAVEPOINT record")?;
-    let processed = drive(c, triage.process(&msg));
+    let processed = drive(c, triage.process(msg));
     if processed.is_err() {
         super::control(c, "ROLLBACK TO record")?;
     }
     super::control(c, "RELEASE record")?;
-    Ok(drive(c, triage.settle(record, &msg, processed))
-        .map_err(|e| StoreError::Unavailable(e.to_string())))
+    Ok(drive(c, triage.settle(record, msg, processed)))
+}
+
+/// The queue row a record of this queue came from.
+fn row_id(record: &QueueRecord) -> i64 {
+    record.id.parse().unwrap_or(-1)
+}
+
+fn delete(c: &rusqlite::Connection, id: i64) -> Result<(), StoreError> {
+    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Hides a message whose triage failed for `retry_base_ms`, doubling with each receive (at
+/// most 10 minutes).
+fn retry_later(
+    c: &rusqlite::Connection,
+    id: i64,
+    now: i64,
+    retry_base_ms: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE queue SET visible_at = ?2 + MIN(?3 * (1 << MIN(MAX(receive_count - 1, 0), 16)), 600000)
+         WHERE id = ?1",
+    )?
+    .execute(params![id, now, retry_base_ms])?;
+    Ok(())
 }
 
 /// Runs a triage future to completion on this thread, its store calls inline on `c`. Those
@@ -297,9 +311,7 @@ fn bury(c: &rusqlite::Connection, id: i64, now: i64) -> Result<(), StoreError> {
          SELECT id, body, receive_count, enqueued_at, ?2 FROM queue WHERE id = ?1",
     )?
     .execute(params![id, now])?;
-    c.prepare_cached("DELETE FROM queue WHERE id = ?1")?
-        .execute([id])?;
-    Ok(())
+    delete(c, id)
 }
 
 #[async_trait::async_trait]
