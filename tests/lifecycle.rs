@@ -521,9 +521,9 @@ async fn a_firing_that_fails_its_last_receive_releases_its_key() {
 }
 
 /// The embedded host triages a received batch in one writer job. A record whose triage fails
-/// has its writes rolled back and comes back later with its receive counted, its batch-mates
-/// are done, and a firing failing its last receive still gives its key up (after the rollback,
-/// so the release stands).
+/// has its writes rolled back and comes back later with its receive counted, and a firing
+/// failing its last receive still gives its key up (after the rollback, so the release stands).
+/// (Batch-mates that succeed: `batch_mates_of_a_failing_alert_are_triaged_and_done`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_triaged_in_one_job_fails_records_alone() {
     use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};

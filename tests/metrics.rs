@@ -96,7 +96,8 @@ fn datadog(id: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_counted_traced_and_identified() {
     let logs = Captured::install();
-    // One request a second with no burst to speak of: the third request in a row is refused.
+    // A slow refill (one request per 100 s) and a burst of 2: the third request in a row is
+    // refused.
     let s = Server::start_with(|c| {
         c.rate_limit = RateLimit {
             per_sec: 0.01,
