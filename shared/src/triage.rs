@@ -123,10 +123,15 @@ impl Triage {
             self.give_up(msg).await;
         }
         match &result {
-            Ok(()) => crate::telemetry::triaged(since(&msg.received_at)),
+            Ok(()) => self.done(msg),
             Err(_) => crate::telemetry::triage_failed(),
         }
         result
+    }
+
+    /// Counts a triaged alert and its time since it was received.
+    pub fn done(&self, msg: &QueuedAlert) {
+        crate::telemetry::triaged(since(&msg.received_at));
     }
 
     /// A firing alert failed its last receive and goes to the dead-letter queue: release its

@@ -317,6 +317,9 @@ impl Embedded {
         if released > 0 {
             info!(released, "re-queued alerts claimed by a previous process");
         }
+        // Alerts are triaged in the commit that admits them; the triage loops take what that
+        // could not triage, and what earlier versions or a failed pass left queued.
+        self.queue.triage_at_admission(self.triage.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let triage: Vec<_> = (0..TRIAGE_WORKERS)
             .map(|_| tokio::spawn(self.clone().triage_loop(stop_rx.clone())))
@@ -363,6 +366,9 @@ impl Embedded {
         if let Some(d) = delivery {
             let _ = d.await;
         }
+        // The pass holds the triage, whose adapters hold the database: removed, nothing keeps
+        // the writer alive past `close`.
+        self.queue.queue_at_admission();
         self.db.close();
         info!("stopped; everything acknowledged is on disk");
         served

@@ -1,6 +1,8 @@
 //! The dedup lifecycle over SQLite. A request's alerts are decided and queued in one job of the
 //! writer's transaction, so the dedup record and the queued alert are written together or not
-//! at all; the single writer makes concurrent identical requests strictly sequential.
+//! at all; the single writer makes concurrent identical requests strictly sequential. While
+//! `serve` runs, the alerts are handed to the triage pass that runs before the commit instead
+//! of being queued ([`super::Db::triage_before_commit`]).
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -66,7 +68,8 @@ fn count_duplicate(
     Ok(())
 }
 
-fn enqueue(c: &Connection, msg: &QueuedAlert, now: i64) -> Result<(), StoreError> {
+/// Puts one alert on the queue table for the triage loop.
+pub(super) fn enqueue(c: &Connection, msg: &QueuedAlert, now: i64) -> Result<(), StoreError> {
     let body = msg.to_queue_body();
     c.prepare_cached("INSERT INTO queue(body, enqueued_at, visible_at) VALUES (?1, ?2, ?2)")?
         .execute(params![body, now])?;
@@ -89,12 +92,13 @@ impl AlertLedger for SqliteLedger {
         // Without a savepoint of its own (`write_unguarded`): its only failures are the
         // in-flight answer, which this ledger never gives (its records are written queued),
         // and failed writes, after which the whole transaction is rolled back.
-        let results = self
+        let (results, queued) = self
             .db
             .write_unguarded(move |c| {
                 let now = received_at.timestamp_millis();
                 let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let mut results = Vec::with_capacity(alerts.len());
+                let mut queued = false;
                 for alert in alerts {
                     // The `provider` column holds the key's namespace (provider, or unsigned).
                     let ns = namespace(provider, alert.unsigned);
@@ -150,7 +154,10 @@ impl AlertLedger for SqliteLedger {
                             alert: alert.clone(),
                             request_id: request_id.clone(),
                         };
-                        enqueue(c, &msg, now)?;
+                        if let Err(msg) = super::defer_triage(msg) {
+                            enqueue(c, &msg, now)?;
+                            queued = true;
+                        }
                     }
                     results.push(AlertResult {
                         source_alert_id: alert.source_alert_id,
@@ -158,10 +165,10 @@ impl AlertLedger for SqliteLedger {
                         outcome,
                     });
                 }
-                Ok(results)
+                Ok((results, queued))
             })
             .await?;
-        if results.iter().any(|r| r.queued()) {
+        if queued {
             self.db.signals().queued.notify_one();
         }
         Ok(results)

@@ -6,6 +6,10 @@
 //! fsync per request. Jobs run in savepoints of their own, so one failing job never takes its
 //! batch-mates down; admission, which fails only before it writes, runs without one
 //! ([`Db::write_unguarded`]). Reads use a small pool of connections and run concurrently under WAL.
+//!
+//! While `serve` runs, alerts admitted in a transaction are triaged in that same transaction,
+//! just before its commit ([`Db::triage_before_commit`]); the queue table holds only what that
+//! pass could not do.
 
 mod directory;
 mod incidents;
@@ -24,6 +28,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{debug, error, info};
 
 use crate::error::StoreError;
+use crate::model::QueuedAlert;
 
 pub use directory::{SqliteDirectory, SqliteSubscriptions};
 pub use incidents::{DispatchRow, SqliteDispatcher, SqliteIncidents};
@@ -57,6 +62,54 @@ thread_local! {
     /// inside the job's transaction, that every `Db` write and read on this thread then uses.
     static INLINE: std::cell::Cell<Option<*const Connection>> =
         const { std::cell::Cell::new(None) };
+}
+
+thread_local! {
+    /// On the writer thread, while a transaction runs with a pre-commit triage installed: the
+    /// alerts its admission jobs handed over ([`defer_triage`]). `None` when there is no such
+    /// pass, and on every other thread.
+    static DEFERRED: std::cell::RefCell<Option<Vec<QueuedAlert>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Hands an admitted alert to the triage pass that runs before this transaction commits, if
+/// one is installed ([`Db::triage_before_commit`]); otherwise hands it back, to be queued.
+fn defer_triage(msg: QueuedAlert) -> Result<(), QueuedAlert> {
+    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(msg);
+            Ok(())
+        }
+        None => Err(msg),
+    })
+}
+
+/// How many alerts are deferred so far in this transaction.
+fn deferred_len() -> usize {
+    DEFERRED.with(|d| d.borrow().as_ref().map_or(0, Vec::len))
+}
+
+/// Forgets the alerts deferred by a job that was rolled back.
+fn truncate_deferred(len: usize) {
+    DEFERRED.with(|d| {
+        if let Some(list) = d.borrow_mut().as_mut() {
+            list.truncate(len)
+        }
+    })
+}
+
+/// The pass [`Db::triage_before_commit`] installs: given the transaction's admitted alerts,
+/// triages them (or queues them) on the connection and says whom to wake after the commit.
+pub type PreCommit =
+    Box<dyn FnMut(&Connection, Vec<QueuedAlert>) -> Result<Wake, StoreError> + Send>;
+
+/// Workers to wake once a transaction has committed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wake {
+    /// Alerts were queued: the triage loop.
+    pub queued: bool,
+    /// Agent tasks were recorded: the delivery loop.
+    pub dispatched: bool,
 }
 
 /// Runs `f` with `conn` as the connection of every [`Db::write`] and read made on this thread
@@ -170,6 +223,9 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     signals: Arc<Signals>,
     faults: Arc<FaultSwitch>,
+    /// The pre-commit triage pass, while one is installed; the writer holds the lock for a
+    /// whole transaction, so a pass is never removed from under the alerts deferred to it.
+    pre_commit: Arc<Mutex<Option<PreCommit>>>,
     /// Held for the tests, which watch the hand-over happen.
     #[cfg_attr(not(test), allow(dead_code))]
     wal: Arc<WalRestart>,
@@ -295,11 +351,19 @@ impl Db {
             .map_err(|e| StoreError::Unavailable(format!("spawn checkpointer: {e}")))?;
         let (tx, rx) = mpsc::sync_channel::<Box<dyn WriteJob>>(WRITE_QUEUE_DEPTH);
         let faults = Arc::new(FaultSwitch::default());
+        let signals = Arc::new(Signals::default());
+        let pre_commit: Arc<Mutex<Option<PreCommit>>> = Arc::default();
         let thread = {
-            let (faults, wal) = (faults.clone(), wal.clone());
+            let writer = Writer {
+                faults: faults.clone(),
+                grew,
+                wal: wal.clone(),
+                signals: signals.clone(),
+                pre_commit: pre_commit.clone(),
+            };
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || writer_loop(conn, rx, faults, grew, wal))
+                .spawn(move || writer_loop(conn, rx, writer))
                 .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?
         };
         Ok(Db {
@@ -308,8 +372,9 @@ impl Db {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
-                signals: Arc::default(),
+                signals,
                 faults,
+                pre_commit,
                 wal,
             }),
         })
@@ -323,6 +388,23 @@ impl Db {
     /// Fault injection for tests: while set, every write fails as if the disk were gone.
     pub fn faults(&self) -> Arc<FaultSwitch> {
         self.inner.faults.clone()
+    }
+
+    /// Installs `pass` to run in every transaction after its jobs and before its commit, with the
+    /// alerts admission handed over in that transaction, and makes admission hand them over
+    /// instead of queueing them ([`SqliteLedger`]). Until [`Db::remove_pre_commit`].
+    ///
+    /// Why: queued and then triaged, an alert cost the writer a queue row written, claimed and
+    /// deleted, its body serialised and parsed again, and two more commits; triaged where it is
+    /// admitted, none of that. The pass can still queue what it could not triage.
+    pub fn triage_before_commit(&self, pass: PreCommit) {
+        *self.inner.pre_commit.lock().expect("pre-commit lock") = Some(pass);
+    }
+
+    /// Removes the pass [`Db::triage_before_commit`] installed, after the transaction running
+    /// (if any) has committed; admission queues its alerts again.
+    pub fn remove_pre_commit(&self) {
+        self.inner.pre_commit.lock().expect("pre-commit lock").take();
     }
 
     /// Runs `f` in the next group-committed transaction and returns its result once committed.
@@ -554,13 +636,17 @@ fn checkpoint_loop(conn: Connection, grown: Receiver<()>, restart: Arc<WalRestar
     }
 }
 
-fn writer_loop(
-    conn: Connection,
-    rx: Receiver<Box<dyn WriteJob>>,
+/// What the writer thread holds besides its connection and its job queue.
+struct Writer {
     faults: Arc<FaultSwitch>,
+    /// Tells the checkpoint thread a commit happened.
     grew: SyncSender<()>,
     wal: Arc<WalRestart>,
-) {
+    signals: Arc<Signals>,
+    pre_commit: Arc<Mutex<Option<PreCommit>>>,
+}
+
+fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, w: Writer) {
     let (mut commits, mut total_jobs) = (0u64, 0u64);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -571,28 +657,37 @@ fn writer_loop(
             }
         }
         let started = std::time::Instant::now();
-        let result = if faults.failing() {
+        let result = if w.faults.failing() {
             Err(StoreError::Unavailable(
                 "injected fault: database unavailable".into(),
             ))
         } else {
-            run_batch(&conn, &mut jobs)
+            let mut pass = w.pre_commit.lock().unwrap_or_else(|e| e.into_inner());
+            run_batch(&conn, &mut jobs, pass.as_mut())
         };
         crate::telemetry::commit(jobs.len(), started.elapsed(), result.is_ok());
-        if let Err(e) = &result {
-            error!(error = %e, jobs = jobs.len(), "sqlite commit failed");
-        } else {
-            commits += 1;
-            total_jobs += jobs.len() as u64;
-            // Full means a checkpoint is already due.
-            let _ = grew.try_send(());
-            debug!(jobs = jobs.len(), "group commit");
+        match &result {
+            Err(e) => error!(error = %e, jobs = jobs.len(), "sqlite commit failed"),
+            Ok(wake) => {
+                commits += 1;
+                total_jobs += jobs.len() as u64;
+                // Full means a checkpoint is already due.
+                let _ = w.grew.try_send(());
+                if wake.queued {
+                    w.signals.queued.notify_one();
+                }
+                if wake.dispatched {
+                    w.signals.dispatched.notify_one();
+                }
+                debug!(jobs = jobs.len(), "group commit");
+            }
         }
+        let result = result.map(|_| ());
         for job in jobs {
             job.finish(result.clone());
         }
         // After the answers, so no request waits for it (`checkpoint_loop`).
-        if wal.wanted.swap(false, Ordering::Acquire) {
+        if w.wal.wanted.swap(false, Ordering::Acquire) {
             match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
@@ -601,14 +696,14 @@ fn writer_loop(
                 ))
             }) {
                 Ok((0, frames, copied)) if frames == copied => {
-                    wal.caught_up.fetch_add(1, Ordering::Relaxed);
+                    w.wal.caught_up.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(_) => debug!("catch-up checkpoint left frames behind (a reader holds them)"),
                 Err(e) => debug!(error = %e, "catch-up checkpoint did not run"),
             }
         }
     }
-    drop(grew);
+    drop(w.grew);
     // Checkpoint so the WAL does not linger after a clean shutdown.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     info!(
@@ -619,14 +714,34 @@ fn writer_loop(
     );
 }
 
-fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), StoreError> {
+fn run_batch(
+    conn: &Connection,
+    jobs: &mut [Box<dyn WriteJob>],
+    pass: Option<&mut PreCommit>,
+) -> Result<Wake, StoreError> {
     // Prepared once and reused (`control`): parsing these statements for every job showed in
     // the profile as SQLite's parser.
     let control = |sql: &str| control(conn, sql);
     let rollback = || {
         let _ = control("ROLLBACK");
     };
+    // Admission defers its alerts only while this transaction has a pass to give them to; the
+    // list is dropped however the transaction ends, so nothing outlives a rollback.
+    struct Deferring;
+    impl Drop for Deferring {
+        fn drop(&mut self) {
+            DEFERRED.with(|d| d.borrow_mut().take());
+        }
+    }
+    let _deferring = pass.is_some().then(|| {
+        DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+        Deferring
+    });
     control("BEGIN IMMEDIATE")?;
+    // SQLite itself rolls the whole transaction back on some errors (I/O, disk full, out of
+    // memory), even of a read; the batch must not go on outside a transaction.
+    let rolled_back =
+        || StoreError::Unavailable("the disk failed a write; the batch was rolled back".into());
     for job in jobs.iter_mut() {
         // A panicking job must not take the writer (and every later write) down with it.
         let run = |job: &mut Box<dyn WriteJob>| {
@@ -637,10 +752,7 @@ fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), St
                 },
             )
         };
-        // SQLite itself rolls the whole transaction back on some errors (I/O, disk full, out of
-        // memory), even of a read; the batch must not go on outside a transaction.
-        let rolled_back =
-            || StoreError::Unavailable("the disk failed a write; the batch was rolled back".into());
+        let deferred = deferred_len();
         if !job.guarded() {
             let before = conn.total_changes();
             let ok = run(job);
@@ -652,6 +764,9 @@ fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), St
                 return Err(StoreError::Unavailable(
                     "a write failed part-way; its transaction was rolled back".into(),
                 ));
+            }
+            if !ok {
+                truncate_deferred(deferred);
             }
             continue;
         }
@@ -666,6 +781,7 @@ fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), St
         let end = if ok {
             control("RELEASE job")
         } else {
+            truncate_deferred(deferred);
             control("ROLLBACK TO job").and_then(|()| control("RELEASE job"))
         };
         if let Err(e) = end {
@@ -673,11 +789,36 @@ fn run_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), St
             return Err(e.into());
         }
     }
+    let mut wake = Wake::default();
+    if let Some(pass) = pass {
+        let admitted = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        if !admitted.is_empty() {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pass(conn, admitted)
+            }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the pre-commit triage panicked".into(),
+                ))
+            });
+            if conn.is_autocommit() {
+                return Err(rolled_back());
+            }
+            match ran {
+                Ok(w) => wake = w,
+                // Its alerts were neither triaged nor queued: the whole batch goes (503s).
+                Err(e) => {
+                    rollback();
+                    return Err(e);
+                }
+            }
+        }
+    }
     if let Err(e) = control("COMMIT") {
         rollback();
         return Err(e.into());
     }
-    Ok(())
+    Ok(wake)
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! moves to `dead_letters` instead of being delivered again. Triage claims a batch (counting the
 //! receive) in one commit, then settles the whole batch in the next
 //! ([`SqliteQueue::triage_batch`]).
+//!
+//! While `serve` runs, most alerts never reach the table: they are triaged in the transaction
+//! that admits them ([`SqliteQueue::triage_at_admission`]), and only those that pass could not
+//! triage are queued.
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -50,6 +54,41 @@ impl SqliteQueue {
                 )?)
             })
             .await
+    }
+
+    /// Triages alerts in the transaction that admits them, before its commit, until
+    /// [`SqliteQueue::queue_at_admission`]: so the 202 that answers them is sent after their
+    /// incidents and tasks are on disk, and the queue is left for what this pass cannot do.
+    ///
+    /// The admitted alerts of a transaction are triaged together under one savepoint. If any
+    /// fails (or panics), that savepoint is rolled back and all of them are queued instead: the
+    /// triage loop then retries each on its own, with backoff and dead-lettering as for any
+    /// queued alert. The alerts are answered either way.
+    ///
+    /// What this gives up: a triage that kills the process (an abort, not a panic) does so
+    /// before the commit, so its sender gets no answer rather than a 202, and retries.
+    pub fn triage_at_admission(&self, triage: crate::triage::Triage) {
+        self.db.triage_before_commit(Box::new(move |c, admitted| {
+            if triage_admitted(c, &triage, &admitted)? {
+                return Ok(super::Wake {
+                    dispatched: true,
+                    ..Default::default()
+                });
+            }
+            let now = now_ms();
+            for msg in &admitted {
+                super::ledger::enqueue(c, msg, now)?;
+            }
+            Ok(super::Wake {
+                queued: true,
+                ..Default::default()
+            })
+        }));
+    }
+
+    /// Stops [`SqliteQueue::triage_at_admission`]: admitted alerts are queued again.
+    pub fn queue_at_admission(&self) {
+        self.db.remove_pre_commit();
     }
 
     /// Triages up to `max` visible messages in two writer jobs:
@@ -231,6 +270,30 @@ fn triage_together(
         // `settle` of a success only counts it.
         let _ = drive(c, triage.settle(record, msg, Ok(())));
         delete(c, row_id(record))?;
+    }
+    Ok(true)
+}
+
+/// The pass of [`SqliteQueue::triage_at_admission`]: `true` if every alert was triaged, `false`
+/// (everything it wrote rolled back) if any failed.
+fn triage_admitted(
+    c: &rusqlite::Connection,
+    triage: &crate::triage::Triage,
+    admitted: &[QueuedAlert],
+) -> Result<bool, StoreError> {
+    super::control(c, "SAVEPOINT admitted")?;
+    if !admitted.iter().all(|msg| drive(c, triage.process(msg)).is_ok()) {
+        super::control(c, "ROLLBACK TO admitted")?;
+        super::control(c, "RELEASE admitted")?;
+        tracing::warn!(
+            alerts = admitted.len(),
+            "triage at admission failed; the alerts are queued and retried one by one"
+        );
+        return Ok(false);
+    }
+    super::control(c, "RELEASE admitted")?;
+    for msg in admitted {
+        triage.done(msg);
     }
     Ok(true)
 }
