@@ -700,6 +700,19 @@ async fn acknowledged_alerts_survive_sigkill_and_get_triaged() {
         "after SIGKILL: {} acknowledged, {untriaged} still queued for triage",
         acked.len()
     );
+    // serve triages each alert in the commit that acknowledges it: every acknowledged alert's
+    // incident is on disk already.
+    let mut recorded = conn
+        .prepare("SELECT count(*) FROM incidents WHERE incident_id = ?1")
+        .unwrap();
+    for id in &acked {
+        let n: i64 = recorded.query_row([id], |r| r.get(0)).unwrap();
+        assert_eq!(
+            n, 1,
+            "acknowledged incident {id} is not on disk after SIGKILL"
+        );
+    }
+    drop(recorded);
     drop(conn);
 
     // After a restart every acknowledged alert is triaged.

@@ -207,10 +207,117 @@ async fn a_failing_store_answers_503_and_records_nothing() {
     s.generic("f1", "firing").await.expect(202);
 }
 
+/// Makes triage fail for alerts whose incident's JSON is `LIKE` the pattern: its insert aborts.
+fn triage_down(like: &str) -> String {
+    format!(
+        "CREATE TRIGGER triage_down BEFORE INSERT ON incidents WHEN NEW.data LIKE '{like}'
+         BEGIN SELECT RAISE(ABORT, 'triage unavailable'); END;"
+    )
+}
+
+/// `serve` triages an alert in the transaction that admits it: the 202 is sent with its
+/// incident and agent tasks already on disk, and the queue never holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_triaged_before_their_202() {
+    let s = Server::start().await;
+    let r = s.generic("at-once", "firing").await;
+    r.expect(202);
+    let id = r.incident_id();
+    // No waiting: read at once.
+    let incident = s.app.incidents.get("acme", &id).await.unwrap();
+    let incident = incident.expect("the incident is recorded before the 202");
+    assert_eq!(incident.agents, ["logs", "metrics", "deploys"]);
+    let (tasks, queued): (i64, i64) = s
+        .app
+        .db
+        .read(move |c| {
+            Ok((
+                c.query_row(
+                    "SELECT count(*) FROM dispatches WHERE incident_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )?,
+                c.query_row("SELECT count(*) FROM queue", [], |r| r.get(0))?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!((tasks, queued), (3, 0));
+    // A resolve too: its incident is resolved when its 202 arrives.
+    s.generic("at-once", "resolved").await.expect(202);
+    let incident = s.app.incidents.get("acme", &r.incident_id()).await.unwrap();
+    assert_eq!(incident.unwrap().status, IncidentStatus::Resolved);
+}
+
+/// When triage fails where the alert is admitted, the alert is queued in the same commit and
+/// still answered 202; the triage loop retries it until it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_triage_fails_at_admission_is_queued_and_retried() {
+    let s = Server::start_with(|c| c.retry_base = Duration::from_millis(20)).await;
+    s.app
+        .db
+        .write(|c| Ok(c.execute_batch(&triage_down("%boom%"))?))
+        .await
+        .unwrap();
+    let r = s.generic("boom", "firing").await;
+    r.expect(202);
+    assert_eq!(r.outcome(), "created");
+    let id = r.incident_id();
+    assert!(s.app.incidents.get("acme", &id).await.unwrap().is_none());
+    // The loop tries it (and fails) with its receives counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let receives: Option<i64> = s
+            .app
+            .db
+            .read(|c| {
+                use rusqlite::OptionalExtension;
+                Ok(
+                    c.query_row("SELECT receive_count FROM queue", [], |r| r.get(0))
+                        .optional()?,
+                )
+            })
+            .await
+            .unwrap();
+        if receives.is_some_and(|n| n >= 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queued alert was not retried: {receives:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Other alerts are still triaged at admission meanwhile.
+    let fine = s.generic("fine", "firing").await;
+    fine.expect(202);
+    assert!(s
+        .app
+        .incidents
+        .get("acme", &fine.incident_id())
+        .await
+        .unwrap()
+        .is_some());
+    // Once triage works again, the queued alert's incident is recorded.
+    s.app
+        .db
+        .write(|c| Ok(c.execute_batch("DROP TRIGGER triage_down")?))
+        .await
+        .unwrap();
+    let incident = s.wait_incident(&id, |_| true).await;
+    assert_eq!(incident.source_alert_id, "boom");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_queue_rolls_back_the_dedup_record() {
     let s = Server::start().await;
-    // The queue insert fails after the dedup record was written in the same transaction.
+    // Triage fails where the alert is admitted, and so does queueing it instead, after the
+    // dedup record was written in the same transaction.
+    s.app
+        .db
+        .write(|c| Ok(c.execute_batch(&triage_down("%"))?))
+        .await
+        .unwrap();
     s.app
         .db
         .write(|c| {

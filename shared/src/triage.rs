@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tracing::{info, instrument, warn};
+use tracing::{info, warn};
 
 use crate::error::StoreError;
 use crate::model::{
@@ -53,12 +53,29 @@ pub struct Triage {
     pub keys: Arc<dyn KeyRelease>,
     /// The queue's `maxReceiveCount`.
     pub max_receives: u32,
+    /// Whether this deployment triages one alert at a time, each seeing everything the ones
+    /// before it wrote (the embedded host, where triage runs on the single writer). Then a
+    /// resolve cannot slip in between a firing's dispatch and the check for one that
+    /// [`Triage::process`] otherwise makes after it, and that check (an incident read and
+    /// decoded, about a fifth of triage's cost in the load profile) is skipped.
+    pub serial: bool,
 }
 
 impl Triage {
     /// Processes a batch concurrently and returns the ids of the records that failed, so only
     /// those are redelivered (SQS partial batch response). A poison record fails alone.
     pub async fn handle_batch(&self, records: Vec<QueueRecord>) -> Vec<String> {
+        if self.serial {
+            let mut failed = Vec::new();
+            for rec in records {
+                let id = rec.id.clone();
+                if let Err(e) = self.handle_record(rec).await {
+                    warn!(message_id = %id, error = %e, "triage failed; the message will be redelivered");
+                    failed.push(id);
+                }
+            }
+            return failed;
+        }
         let mut set = tokio::task::JoinSet::new();
         let mut ids = std::collections::HashMap::new();
         for rec in records {
@@ -157,8 +174,10 @@ impl Triage {
     }
 
     /// Records the incident and dispatches (or cancels) its agents.
-    #[instrument(skip(self, msg), fields(tenant = %msg.tenant_id, incident = %msg.incident_id,
-                                         request_id = msg.request_id.as_deref()))]
+    ///
+    /// Its lines name the tenant, incident and request themselves, without a span around it:
+    /// on the embedded host this runs on the writer thread for every alert, and the span cost
+    /// as much as the line.
     pub async fn process(&self, msg: &QueuedAlert) -> Result<(), TriageError> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let a = &msg.alert;
@@ -217,7 +236,9 @@ impl Triage {
                     .await?
                 {
                     Some(i) => {
-                        info!(status = i.status.as_str(), "acknowledged");
+                        info!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                              request_id = msg.request_id.as_deref(),
+                              status = i.status.as_str(), "acknowledged");
                         Ok(())
                     }
                     // The firing that opens it is still queued (SQS does not keep order): the
@@ -238,7 +259,7 @@ impl Triage {
             .collect();
         self.dispatcher.dispatch_all(&tasks).await?;
         crate::telemetry::tasks(kind.as_str(), tasks.len());
-        if kind == TaskKind::Dispatch {
+        if kind == TaskKind::Dispatch && !self.serial {
             // A resolve triaged meanwhile may have sent its cancels before these dispatches:
             // cancel again after them (cancel ids are stable, so this never doubles one).
             let latest = self
@@ -255,7 +276,9 @@ impl Triage {
                 crate::telemetry::tasks(TaskKind::Cancel.as_str(), cancels.len());
             }
         }
-        info!(severity = %stored.severity, agents = stored.agents.len(), ?kind, "triaged");
+        info!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+              request_id = msg.request_id.as_deref(), severity = %stored.severity,
+              agents = stored.agents.len(), kind = kind.as_str(), "triaged");
         Ok(())
     }
 }

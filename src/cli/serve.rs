@@ -220,7 +220,10 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 << 10, std::io::stderr()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::io::stderr(),
+        ));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

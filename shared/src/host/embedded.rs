@@ -216,6 +216,8 @@ impl Embedded {
             dispatcher: Arc::new(dispatcher.clone()),
             keys: Arc::new(ledger.clone()),
             max_receives: crate::triage::MAX_RECEIVES,
+            // One writer runs every triage (`SqliteQueue`), one alert after another.
+            serial: true,
         };
         Ok(Embedded {
             queue: SqliteQueue::new(db.clone()),

@@ -154,7 +154,7 @@ impl AlertLedger for SqliteLedger {
                             alert: alert.clone(),
                             request_id: request_id.clone(),
                         };
-                        if let Err(msg) = super::defer_triage(msg) {
+                        if let Some(msg) = super::defer_triage(msg) {
                             enqueue(c, &msg, now)?;
                             queued = true;
                         }

@@ -74,13 +74,13 @@ thread_local! {
 
 /// Hands an admitted alert to the triage pass that runs before this transaction commits, if
 /// one is installed ([`Db::triage_before_commit`]); otherwise hands it back, to be queued.
-fn defer_triage(msg: QueuedAlert) -> Result<(), QueuedAlert> {
+fn defer_triage(msg: QueuedAlert) -> Option<QueuedAlert> {
     DEFERRED.with(|d| match d.borrow_mut().as_mut() {
         Some(list) => {
             list.push(msg);
-            Ok(())
+            None
         }
-        None => Err(msg),
+        None => Some(msg),
     })
 }
 
@@ -404,7 +404,11 @@ impl Db {
     /// Removes the pass [`Db::triage_before_commit`] installed, after the transaction running
     /// (if any) has committed; admission queues its alerts again.
     pub fn remove_pre_commit(&self) {
-        self.inner.pre_commit.lock().expect("pre-commit lock").take();
+        self.inner
+            .pre_commit
+            .lock()
+            .expect("pre-commit lock")
+            .take();
     }
 
     /// Runs `f` in the next group-committed transaction and returns its result once committed.
@@ -793,14 +797,13 @@ fn run_batch(
     if let Some(pass) = pass {
         let admitted = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
         if !admitted.is_empty() {
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pass(conn, admitted)
-            }))
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the pre-commit triage panicked".into(),
-                ))
-            });
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pass(conn, admitted)))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(
+                            "the pre-commit triage panicked".into(),
+                        ))
+                    });
             if conn.is_autocommit() {
                 return Err(rolled_back());
             }
@@ -996,6 +999,111 @@ mod tests {
             .unwrap()
             .len();
         assert!(wal <= WAL_KEEP_BYTES as u64, "the WAL is {wal} bytes");
+        db.close();
+    }
+
+    fn admitted(id: &str) -> QueuedAlert {
+        serde_json::from_value(serde_json::json!({
+            "tenantId": "t", "provider": "generic", "incidentId": id,
+            "receivedAt": "2026-11-29T00:00:00Z",
+            "alert": {"sourceAlertId": id, "status": "firing", "title": "t", "severity": "high"}
+        }))
+        .unwrap()
+    }
+
+    async fn rows(db: &Db) -> Vec<String> {
+        db.read(|c| {
+            let mut st = c.prepare("SELECT x FROM t ORDER BY x")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The pre-commit pass gets the alerts deferred by the jobs of its transaction that stood,
+    /// none of a job rolled back, and its writes commit with theirs. If it fails, the whole
+    /// transaction goes. With no pass installed, nothing is deferred.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pre_commit_pass_gets_what_the_standing_jobs_deferred() {
+        let dir = tempdir();
+        let db = Db::open(dir.join("t.db")).unwrap();
+        db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x TEXT)")?))
+            .await
+            .unwrap();
+        // No pass installed: the alert is handed back, to be queued.
+        assert!(db
+            .write(|_| Ok(defer_triage(admitted("x")).is_some()))
+            .await
+            .unwrap());
+
+        let seen = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+        let fail = Arc::new(AtomicBool::new(false));
+        let (seen2, fail2) = (seen.clone(), fail.clone());
+        db.triage_before_commit(Box::new(move |c, alerts| {
+            let ids: Vec<String> = alerts.iter().map(|m| m.incident_id.clone()).collect();
+            for id in &ids {
+                c.execute("INSERT INTO t VALUES (?1)", [format!("pass-{id}")])?;
+            }
+            seen2.lock().unwrap().push(ids);
+            if fail2.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the pass failed".into()));
+            }
+            Ok(Wake {
+                dispatched: true,
+                ..Default::default()
+            })
+        }));
+        // A job that defers `id`, writes it unless told not to, and then fails if told to.
+        let job = |db: &Db, id: &'static str, guarded: bool, write: bool, fail: bool| {
+            let db = db.clone();
+            let f = move |c: &Connection| {
+                if defer_triage(admitted(id)).is_some() {
+                    return Err(StoreError::Invalid("nothing to defer to".into()));
+                }
+                if write {
+                    c.execute("INSERT INTO t VALUES (?1)", [id])?;
+                }
+                if fail {
+                    return Err(StoreError::Invalid("refused".into()));
+                }
+                Ok(())
+            };
+            submitted(Box::pin(async move {
+                if guarded {
+                    db.write(f).await
+                } else {
+                    db.write_unguarded(f).await
+                }
+            }))
+        };
+
+        let release = hold_writer(&db).await;
+        let jobs = vec![
+            job(&db, "a", true, true, false),
+            job(&db, "b", true, true, true),
+            job(&db, "c", false, true, false),
+            job(&db, "d", false, false, true),
+        ];
+        drop(release);
+        let mut ok = Vec::new();
+        for j in jobs {
+            ok.push(j.await.is_ok());
+        }
+        assert_eq!(ok, [true, false, true, false]);
+        assert_eq!(seen.lock().unwrap().clone(), [vec!["a", "c"]]);
+        assert_eq!(rows(&db).await, ["a", "c", "pass-a", "pass-c"]);
+
+        // A failing pass takes its transaction down: the job fails and nothing of it stays.
+        fail.store(true, Ordering::SeqCst);
+        assert!(job(&db, "e", true, true, false).await.is_err());
+        assert_eq!(rows(&db).await, ["a", "c", "pass-a", "pass-c"]);
+        fail.store(false, Ordering::SeqCst);
+
+        // Removed: admission queues again.
+        db.remove_pre_commit();
+        assert!(job(&db, "f", true, true, false).await.is_err());
+        assert_eq!(seen.lock().unwrap().len(), 2);
         db.close();
     }
 

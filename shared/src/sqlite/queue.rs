@@ -282,7 +282,10 @@ fn triage_admitted(
     admitted: &[QueuedAlert],
 ) -> Result<bool, StoreError> {
     super::control(c, "SAVEPOINT admitted")?;
-    if !admitted.iter().all(|msg| drive(c, triage.process(msg)).is_ok()) {
+    if !admitted
+        .iter()
+        .all(|msg| drive(c, triage.process(msg)).is_ok())
+    {
         super::control(c, "ROLLBACK TO admitted")?;
         super::control(c, "RELEASE admitted")?;
         tracing::warn!(
