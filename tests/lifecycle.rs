@@ -249,8 +249,10 @@ async fn alerts_are_triaged_before_their_202() {
     assert_eq!(incident.unwrap().status, IncidentStatus::Resolved);
 }
 
-/// When triage fails where the alert is admitted, the alert is queued in the same commit and
-/// still answered 202; the triage loop retries it until it goes through.
+/// When triage fails where alerts are admitted, the failing alert and those admitted after it
+/// are queued in the same commit, and all are answered 202; the ones before it are triaged.
+/// While anything is queued, new alerts queue behind it. The triage loop retries until every
+/// alert goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_triage_fails_at_admission_is_queued_and_retried() {
     let s = Server::start_with(|c| c.retry_base = Duration::from_millis(20)).await;
@@ -259,23 +261,37 @@ async fn an_alert_triage_fails_at_admission_is_queued_and_retried() {
         .write(|c| Ok(c.execute_batch(&triage_down("%boom%"))?))
         .await
         .unwrap();
-    let r = s.generic("boom", "firing").await;
+    let alert =
+        |fp: &str| json!({"status": "firing", "fingerprint": fp, "labels": {"alertname": fp}});
+    let body = json!({"status": "firing", "alerts": [alert("ok-1"), alert("boom"), alert("ok-2")]});
+    let r = s
+        .post("grafana", body.to_string().as_bytes(), true, &[])
+        .await;
     r.expect(202);
-    assert_eq!(r.outcome(), "created");
-    let id = r.incident_id();
-    assert!(s.app.incidents.get("acme", &id).await.unwrap().is_none());
-    // The loop tries it (and fails) with its receives counted.
+    assert_eq!(r.outcomes(), ["created", "created", "created"]);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            r.json["alerts"][i]["incidentId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let recorded = |n: usize| s.app.incidents.get("acme", &ids[n]);
+    assert!(recorded(0).await.unwrap().is_some(), "triaged at admission");
+    assert!(recorded(1).await.unwrap().is_none());
+    // The failing alert is retried, its receives counted.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let receives: Option<i64> = s
             .app
             .db
             .read(|c| {
-                use rusqlite::OptionalExtension;
-                Ok(
-                    c.query_row("SELECT receive_count FROM queue", [], |r| r.get(0))
-                        .optional()?,
-                )
+                Ok(c.query_row(
+                    "SELECT max(receive_count) FROM queue WHERE body LIKE '%boom%'",
+                    [],
+                    |r| r.get(0),
+                )?)
             })
             .await
             .unwrap();
@@ -288,23 +304,18 @@ async fn an_alert_triage_fails_at_admission_is_queued_and_retried() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Other alerts are still triaged at admission meanwhile.
+    // The one admitted after it, and a new one sent meanwhile, go through the queue.
+    s.wait_incident(&ids[2], |_| true).await;
     let fine = s.generic("fine", "firing").await;
     fine.expect(202);
-    assert!(s
-        .app
-        .incidents
-        .get("acme", &fine.incident_id())
-        .await
-        .unwrap()
-        .is_some());
-    // Once triage works again, the queued alert's incident is recorded.
+    s.wait_incident(&fine.incident_id(), |_| true).await;
+    // Once triage works again, the failing alert's incident is recorded too.
     s.app
         .db
         .write(|c| Ok(c.execute_batch("DROP TRIGGER triage_down")?))
         .await
         .unwrap();
-    let incident = s.wait_incident(&id, |_| true).await;
+    let incident = s.wait_incident(&ids[1], |_| true).await;
     assert_eq!(incident.source_alert_id, "boom");
 }
 
@@ -330,7 +341,7 @@ async fn a_failing_queue_rolls_back_the_dedup_record() {
     let r = s.generic("q1", "firing").await;
     r.expect(503);
     assert_eq!(s.dedup_rows().await, 0, "no dedup record left behind");
-    // A resolve of an open incident fails the same way and keeps the incident open.
+    // A resolve of an open alert fails the same way, and its dedup key stays.
     s.app
         .db
         .write(|c| Ok(c.execute_batch("DROP TRIGGER queue_down")?))

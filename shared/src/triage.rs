@@ -53,29 +53,33 @@ pub struct Triage {
     pub keys: Arc<dyn KeyRelease>,
     /// The queue's `maxReceiveCount`.
     pub max_receives: u32,
-    /// Whether this deployment triages one alert at a time, each seeing everything the ones
-    /// before it wrote (the embedded host, where triage runs on the single writer). Then a
-    /// resolve cannot slip in between a firing's dispatch and the check for one that
-    /// [`Triage::process`] otherwise makes after it, and that check (an incident read and
-    /// decoded, about a fifth of triage's cost in the load profile) is skipped.
-    pub serial: bool,
+}
+
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (which polls triage) with the caller's promise that no other triage runs until it
+/// returns and that every store call inside it sees the writes before it: the embedded host's
+/// writer thread, which triages one alert after another on its own connection. Then a resolve
+/// cannot slip in between a firing's dispatch and the check for one that [`Triage::process`]
+/// otherwise makes after it, so that check (an incident read and decoded, about a fifth of
+/// triage's cost in the load profile) is skipped. Scoped to this thread and this call.
+pub fn serially<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
 }
 
 impl Triage {
     /// Processes a batch concurrently and returns the ids of the records that failed, so only
     /// those are redelivered (SQS partial batch response). A poison record fails alone.
     pub async fn handle_batch(&self, records: Vec<QueueRecord>) -> Vec<String> {
-        if self.serial {
-            let mut failed = Vec::new();
-            for rec in records {
-                let id = rec.id.clone();
-                if let Err(e) = self.handle_record(rec).await {
-                    warn!(message_id = %id, error = %e, "triage failed; the message will be redelivered");
-                    failed.push(id);
-                }
-            }
-            return failed;
-        }
         let mut set = tokio::task::JoinSet::new();
         let mut ids = std::collections::HashMap::new();
         for rec in records {
@@ -259,7 +263,7 @@ impl Triage {
             .collect();
         self.dispatcher.dispatch_all(&tasks).await?;
         crate::telemetry::tasks(kind.as_str(), tasks.len());
-        if kind == TaskKind::Dispatch && !self.serial {
+        if kind == TaskKind::Dispatch && !SERIAL.with(|s| s.get()) {
             // A resolve triaged meanwhile may have sent its cancels before these dispatches:
             // cancel again after them (cancel ids are stable, so this never doubles one).
             let latest = self

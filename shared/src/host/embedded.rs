@@ -216,8 +216,6 @@ impl Embedded {
             dispatcher: Arc::new(dispatcher.clone()),
             keys: Arc::new(ledger.clone()),
             max_receives: crate::triage::MAX_RECEIVES,
-            // One writer runs every triage (`SqliteQueue`), one alert after another.
-            serial: true,
         };
         Ok(Embedded {
             queue: SqliteQueue::new(db.clone()),
@@ -322,6 +320,15 @@ impl Embedded {
         // Alerts are triaged in the commit that admits them; the triage loops take what that
         // could not triage, and what earlier versions or a failed pass left queued.
         self.queue.triage_at_admission(self.triage.clone());
+        // Removed however this ends, even dropped or unwinding: the pass holds triage, whose
+        // adapters hold the database, a cycle that would keep the writer alive.
+        struct QueueAtAdmission(SqliteQueue);
+        impl Drop for QueueAtAdmission {
+            fn drop(&mut self) {
+                self.0.queue_at_admission();
+            }
+        }
+        let _pass = QueueAtAdmission(self.queue.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let triage: Vec<_> = (0..TRIAGE_WORKERS)
             .map(|_| tokio::spawn(self.clone().triage_loop(stop_rx.clone())))
@@ -368,9 +375,6 @@ impl Embedded {
         if let Some(d) = delivery {
             let _ = d.await;
         }
-        // The pass holds the triage, whose adapters hold the database: removed, nothing keeps
-        // the writer alive past `close`.
-        self.queue.queue_at_admission();
         self.db.close();
         info!("stopped; everything acknowledged is on disk");
         served

@@ -88,8 +88,6 @@ pub fn triage(sdk: &aws_config::SdkConfig, config: &TriageConfig) -> Triage {
         )),
         keys: Arc::new(DynamoDedupKeys::new(ddb.clone(), &config.dedup_table)),
         max_receives: config.max_receives,
-        // Lambda runs batches side by side, and a batch's records concurrently.
-        serial: false,
     }
 }
 

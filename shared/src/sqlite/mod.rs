@@ -103,13 +103,15 @@ fn truncate_deferred(len: usize) {
 pub type PreCommit =
     Box<dyn FnMut(&Connection, Vec<QueuedAlert>) -> Result<Wake, StoreError> + Send>;
 
-/// Workers to wake once a transaction has committed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What follows a transaction's commit: workers to wake, and what to count.
+#[derive(Default)]
 pub struct Wake {
     /// Alerts were queued: the triage loop.
     pub queued: bool,
     /// Agent tasks were recorded: the delivery loop.
     pub dispatched: bool,
+    /// Runs once the commit stands (not if it fails).
+    pub after: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Runs `f` with `conn` as the connection of every [`Db::write`] and read made on this thread
@@ -398,16 +400,21 @@ impl Db {
     /// deleted, its body serialised and parsed again, and two more commits; triaged where it is
     /// admitted, none of that. The pass can still queue what it could not triage.
     pub fn triage_before_commit(&self, pass: PreCommit) {
-        *self.inner.pre_commit.lock().expect("pre-commit lock") = Some(pass);
+        *self
+            .inner
+            .pre_commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(pass);
     }
 
     /// Removes the pass [`Db::triage_before_commit`] installed, after the transaction running
-    /// (if any) has committed; admission queues its alerts again.
+    /// (if any) has committed; admission queues its alerts again. Never from inside a write
+    /// job: the writer holds the pass for the whole transaction. [`Db::close`] removes it too.
     pub fn remove_pre_commit(&self) {
         self.inner
             .pre_commit
             .lock()
-            .expect("pre-commit lock")
+            .unwrap_or_else(|e| e.into_inner())
             .take();
     }
 
@@ -528,6 +535,9 @@ impl Db {
 
     /// Stops accepting writes, lets the writer commit everything already queued, and waits for it.
     pub fn close(&self) {
+        // The pass holds triage, whose adapters hold this database: removed, nothing keeps the
+        // writer's state alive in a cycle.
+        self.remove_pre_commit();
         self.inner.writer.lock().expect("writer lock").take();
         if let Some(t) = self.inner.writer_thread.lock().expect("thread lock").take() {
             let _ = t.join();
@@ -661,7 +671,7 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, w: Writer) {
             }
         }
         let started = std::time::Instant::now();
-        let result = if w.faults.failing() {
+        let mut result = if w.faults.failing() {
             Err(StoreError::Unavailable(
                 "injected fault: database unavailable".into(),
             ))
@@ -670,9 +680,12 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, w: Writer) {
             run_batch(&conn, &mut jobs, pass.as_mut())
         };
         crate::telemetry::commit(jobs.len(), started.elapsed(), result.is_ok());
-        match &result {
+        match &mut result {
             Err(e) => error!(error = %e, jobs = jobs.len(), "sqlite commit failed"),
             Ok(wake) => {
+                if let Some(after) = wake.after.take() {
+                    after();
+                }
                 commits += 1;
                 total_jobs += jobs.len() as u64;
                 // Full means a checkpoint is already due.
@@ -1039,7 +1052,8 @@ mod tests {
 
         let seen = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
         let fail = Arc::new(AtomicBool::new(false));
-        let (seen2, fail2) = (seen.clone(), fail.clone());
+        let committed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen2, fail2, committed2) = (seen.clone(), fail.clone(), committed.clone());
         db.triage_before_commit(Box::new(move |c, alerts| {
             let ids: Vec<String> = alerts.iter().map(|m| m.incident_id.clone()).collect();
             for id in &ids {
@@ -1049,8 +1063,12 @@ mod tests {
             if fail2.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("the pass failed".into()));
             }
+            let committed = committed2.clone();
             Ok(Wake {
                 dispatched: true,
+                after: Some(Box::new(move || {
+                    committed.fetch_add(1, Ordering::SeqCst);
+                })),
                 ..Default::default()
             })
         }));
@@ -1069,21 +1087,21 @@ mod tests {
                 }
                 Ok(())
             };
-            submitted(Box::pin(async move {
+            Box::pin(async move {
                 if guarded {
                     db.write(f).await
                 } else {
                     db.write_unguarded(f).await
                 }
-            }))
+            })
         };
 
         let release = hold_writer(&db).await;
         let jobs = vec![
-            job(&db, "a", true, true, false),
-            job(&db, "b", true, true, true),
-            job(&db, "c", false, true, false),
-            job(&db, "d", false, false, true),
+            submitted(job(&db, "a", true, true, false)),
+            submitted(job(&db, "b", true, true, true)),
+            submitted(job(&db, "c", false, true, false)),
+            submitted(job(&db, "d", false, false, true)),
         ];
         drop(release);
         let mut ok = Vec::new();
@@ -1093,11 +1111,13 @@ mod tests {
         assert_eq!(ok, [true, false, true, false]);
         assert_eq!(seen.lock().unwrap().clone(), [vec!["a", "c"]]);
         assert_eq!(rows(&db).await, ["a", "c", "pass-a", "pass-c"]);
+        assert_eq!(committed.load(Ordering::SeqCst), 1, "after the commit");
 
         // A failing pass takes its transaction down: the job fails and nothing of it stays.
         fail.store(true, Ordering::SeqCst);
         assert!(job(&db, "e", true, true, false).await.is_err());
         assert_eq!(rows(&db).await, ["a", "c", "pass-a", "pass-c"]);
+        assert_eq!(committed.load(Ordering::SeqCst), 1, "not after a rollback");
         fail.store(false, Ordering::SeqCst);
 
         // Removed: admission queues again.

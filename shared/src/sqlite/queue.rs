@@ -60,28 +60,40 @@ impl SqliteQueue {
     /// [`SqliteQueue::queue_at_admission`]: so the 202 that answers them is sent after their
     /// incidents and tasks are on disk, and the queue is left for what this pass cannot do.
     ///
-    /// The admitted alerts of a transaction are triaged together under one savepoint. If any
-    /// fails (or panics), that savepoint is rolled back and all of them are queued instead: the
-    /// triage loop then retries each on its own, with backoff and dead-lettering as for any
-    /// queued alert. The alerts are answered either way.
+    /// - While anything is queued (a retry waiting, or what an earlier process left), admitted
+    ///   alerts are queued behind it rather than triaged ahead of it, so the alerts of one
+    ///   incident keep their order (the queue is usually empty: one cheap read per commit).
+    /// - Otherwise the transaction's alerts are triaged together under one savepoint. If any
+    ///   fails (or panics), that is rolled back and they are triaged again one by one, each in a
+    ///   savepoint of its own; the first to fail is queued, and so is every alert after it, in
+    ///   order. The triage loop then retries them, with backoff and dead-lettering as for any
+    ///   queued alert. The alerts are answered 202 either way.
     ///
     /// What this gives up: a triage that kills the process (an abort, not a panic) does so
     /// before the commit, so its sender gets no answer rather than a 202, and retries.
     pub fn triage_at_admission(&self, triage: crate::triage::Triage) {
         self.db.triage_before_commit(Box::new(move |c, admitted| {
-            if triage_admitted(c, &triage, &admitted)? {
-                return Ok(super::Wake {
-                    dispatched: true,
-                    ..Default::default()
-                });
-            }
             let now = now_ms();
-            for msg in &admitted {
+            let waiting = c
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM queue)")?
+                .query_row([], |r| r.get::<_, bool>(0))?;
+            let triaged = if waiting {
+                0
+            } else {
+                triage_admitted(c, &triage, &admitted)?
+            };
+            for msg in &admitted[triaged..] {
                 super::ledger::enqueue(c, msg, now)?;
             }
+            let queued = admitted.len() > triaged;
+            let mut done = admitted;
+            done.truncate(triaged);
+            let triage = triage.clone();
             Ok(super::Wake {
-                queued: true,
-                ..Default::default()
+                queued,
+                dispatched: triaged > 0,
+                // Counted once the commit stands: a failed commit answers 503.
+                after: Some(Box::new(move || done.iter().for_each(|m| triage.done(m)))),
             })
         }));
     }
@@ -274,31 +286,42 @@ fn triage_together(
     Ok(true)
 }
 
-/// The pass of [`SqliteQueue::triage_at_admission`]: `true` if every alert was triaged, `false`
-/// (everything it wrote rolled back) if any failed.
+/// The pass of [`SqliteQueue::triage_at_admission`] over an empty queue: how many of the
+/// admitted alerts, from the first, it triaged. The rest, from the first that failed, are for the
+/// caller to queue.
 fn triage_admitted(
     c: &rusqlite::Connection,
     triage: &crate::triage::Triage,
     admitted: &[QueuedAlert],
-) -> Result<bool, StoreError> {
+) -> Result<usize, StoreError> {
     super::control(c, "SAVEPOINT admitted")?;
-    if !admitted
+    if admitted
         .iter()
         .all(|msg| drive(c, triage.process(msg)).is_ok())
     {
-        super::control(c, "ROLLBACK TO admitted")?;
         super::control(c, "RELEASE admitted")?;
-        tracing::warn!(
-            alerts = admitted.len(),
-            "triage at admission failed; the alerts are queued and retried one by one"
-        );
-        return Ok(false);
+        return Ok(admitted.len());
     }
+    super::control(c, "ROLLBACK TO admitted")?;
     super::control(c, "RELEASE admitted")?;
-    for msg in admitted {
-        triage.done(msg);
+    // One by one, so the failure stays alone; triage is idempotent, so running an alert twice
+    // changes nothing twice.
+    for (n, msg) in admitted.iter().enumerate() {
+        super::control(c, "SAVEPOINT admitted")?;
+        match drive(c, triage.process(msg)) {
+            Ok(()) => super::control(c, "RELEASE admitted")?,
+            Err(e) => {
+                super::control(c, "ROLLBACK TO admitted")?;
+                super::control(c, "RELEASE admitted")?;
+                crate::telemetry::triage_failed();
+                tracing::warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                    request_id = msg.request_id.as_deref(), error = %e, queued = admitted.len() - n,
+                    "triage at admission failed; the alert, and those admitted after it, are queued");
+                return Ok(n);
+            }
+        }
     }
-    Ok(true)
+    Ok(admitted.len())
 }
 
 /// Triages one record on the writer's connection. Its processing runs in a savepoint, rolled
@@ -355,8 +378,9 @@ fn drive(
 ) -> Result<(), TriageError> {
     use futures_util::FutureExt;
     let mut f = std::pin::pin!(f);
+    // On the writer, one triage at a time, each seeing the writes before it.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        super::inline(c, || f.as_mut().now_or_never())
+        crate::triage::serially(|| super::inline(c, || f.as_mut().now_or_never()))
     }))
     .unwrap_or_else(|_| {
         Some(Err(TriageError::Store(StoreError::Unavailable(
