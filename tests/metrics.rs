@@ -332,3 +332,24 @@ async fn metrics_can_live_on_their_own_address() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// docs/operations.md's metrics table names exactly the metrics telemetry.rs declares: a metric
+/// added, renamed or dropped in one place and not the other fails here.
+#[test]
+fn the_operations_table_lists_exactly_the_declared_metrics() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `causeflow_"))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split('`')
+                .filter(|s| s.starts_with("causeflow_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let declared: BTreeSet<String> = telemetry::ALL.iter().map(|s| s.to_string()).collect();
+    assert_eq!(documented, declared);
+}

@@ -110,6 +110,33 @@ mod tests {
         assert!(valid_agent_name("infra-2"));
         assert!(!valid_agent_name("Logs"));
     }
+
+    /// The cache behind docs/operations.md's "within 10 s" (AWS) and "within 1 s" (serve): an
+    /// entry serves until its TTL, `forget` drops it at once, and it never holds more than
+    /// `MAX_TENANTS` tenants.
+    #[test]
+    fn overrides_cache_expires_forgets_and_stays_bounded() {
+        let mut low = AgentOverrides::default();
+        low.0.insert(Severity::Low, vec!["logs".into()]);
+
+        let cache = OverridesCache::new(std::time::Duration::from_secs(3600));
+        assert!(cache.get("t").is_none());
+        cache.put("t", &low);
+        assert_eq!(cache.get("t"), Some(low.clone()));
+        cache.forget("t");
+        assert!(cache.get("t").is_none(), "forgotten at once");
+
+        // An entry older than the TTL is not served (a zero TTL: every entry is).
+        let expired = OverridesCache::new(std::time::Duration::ZERO);
+        expired.put("t", &low);
+        assert!(expired.get("t").is_none());
+
+        for n in 0..OverridesCache::MAX_TENANTS + 5 {
+            cache.put(&format!("tenant-{n}"), &low);
+            assert!(cache.map.lock().unwrap().len() <= OverridesCache::MAX_TENANTS);
+        }
+        assert_eq!(cache.get("tenant-10004"), Some(low));
+    }
 }
 
 /// Tenants' agent tables as triage last read them, reused for a short time: triage asks once
