@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use tracing::instrument;
 
 use super::admission::{admit_charged, read_body};
 use super::headers::{api_key, bearer_key, header_str, request_headers, API_KEY};
@@ -49,13 +48,16 @@ use crate::normalize::routing_key;
         (status = 503, description = "Storage unavailable or the alert is being admitted by another request; nothing recorded, retry after Retry-After.", body = super::problem::Problem, content_type = "application/problem+json"),
     )
 )]
-#[instrument(skip_all, fields(tenant = %tenant, provider = %provider))]
 pub(super) async fn handle(
     State(app): State<Arc<AppState>>,
     Path((tenant, provider)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // On the request's span (`observe`), so every line of the request names them.
+    let span = tracing::Span::current();
+    span.record("tenant", tracing::field::display(&tenant));
+    span.record("provider", tracing::field::display(&provider));
     let provider: Provider = provider
         .parse()
         .map_err(|_| ApiError::UnknownProvider(provider.clone()))?;
