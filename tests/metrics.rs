@@ -211,8 +211,10 @@ async fn requests_are_counted_traced_and_identified() {
     // The admission's line and triage's line for that alert both carry the caller's id.
     let traced = logs.lines_with("edge-7f3a");
     assert!(
-        traced.iter().any(|l| l.contains("webhook accepted")),
-        "{traced:#?}"
+        traced.iter().any(|l| l.contains("webhook accepted")
+            && l.contains("tenant=acme")
+            && l.contains("provider=datadog")),
+        "the request's line names its tenant and provider: {traced:#?}"
     );
     assert!(traced.iter().any(|l| l.contains("triaged")), "{traced:#?}");
     assert!(

@@ -54,10 +54,6 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // On the request's span (`observe`), so every line of the request names them.
-    let span = tracing::Span::current();
-    span.record("tenant", tracing::field::display(&tenant));
-    span.record("provider", tracing::field::display(&provider));
     let provider: Provider = provider
         .parse()
         .map_err(|_| ApiError::UnknownProvider(provider.clone()))?;
