@@ -5,9 +5,11 @@ mod common;
 
 use std::time::Duration;
 
+use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};
 use causeflow_shared::model::IncidentStatus;
 use causeflow_shared::ports::IncidentStore;
 use causeflow_shared::ports::KeyAdmin;
+use causeflow_shared::triage::Triage;
 use common::Server;
 use serde_json::json;
 
@@ -215,6 +217,30 @@ fn triage_down(like: &str) -> String {
     )
 }
 
+/// Puts `body` on the embedded queue, visible now, as received `receives` times already.
+async fn enqueue(app: &Embedded, body: &str, receives: i64) {
+    let body = body.to_owned();
+    app.db
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO queue(body, enqueued_at, visible_at, receive_count) VALUES (?1, 0, 0, ?2)",
+                rusqlite::params![body, receives],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+/// Triages what is visible on the embedded queue with `triage`, in one batch, as the triage
+/// loop does; how many messages it took.
+async fn triage_queued(app: &Embedded, triage: Triage) -> usize {
+    app.queue
+        .triage_batch(triage, 64, 30_000, 60_000)
+        .await
+        .unwrap()
+}
+
 /// `serve` triages an alert in the transaction that admits it: the 202 is sent with its
 /// incident and agent tasks already on disk, and the queue never holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,6 +345,56 @@ async fn an_alert_triage_fails_at_admission_is_queued_and_retried() {
     assert_eq!(incident.source_alert_id, "boom");
 }
 
+/// While anything is queued, alerts admitted meanwhile are queued behind it instead of triaged
+/// ahead of it; once the queue is empty, they are triaged at admission again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_admitted_while_others_are_queued_wait_behind_them() {
+    use causeflow_shared::model::{Alert, Provider};
+    let app = Embedded::open(EmbeddedConfig::new(common::tempdir().join("c.db"))).unwrap();
+    app.directory.create_key("acme", "test").await.unwrap();
+    // Not running: nothing but this test triages the queue, so what is queued stays there.
+    app.queue.triage_at_admission(app.triage.clone());
+    let admit = |id: &str| {
+        let alert: Alert = serde_json::from_value(
+            json!({"sourceAlertId": id, "status": "firing", "title": id, "severity": "high"}),
+        )
+        .unwrap();
+        let ledger = app.state.ledger.clone();
+        async move {
+            let results = ledger
+                .admit("acme", Provider::Generic, &[alert], chrono::Utc::now())
+                .await
+                .unwrap();
+            results[0].incident_id.clone().unwrap()
+        }
+    };
+    let queued = || async {
+        app.db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .unwrap()
+    };
+
+    enqueue(&app, "already queued", 0).await;
+    let behind = admit("behind").await;
+    assert!(app.incidents.get("acme", &behind).await.unwrap().is_none());
+    assert_eq!(queued().await, 2, "queued behind the message already there");
+
+    // The queue emptied (the first message dropped, the second triaged by the loop's code):
+    // the next alert is triaged at admission.
+    app.db
+        .write(|c| Ok(c.execute("DELETE FROM queue WHERE body = 'already queued'", [])?))
+        .await
+        .unwrap();
+    assert_eq!(triage_queued(&app, app.triage.clone()).await, 1);
+    assert!(app.incidents.get("acme", &behind).await.unwrap().is_some());
+    let ahead = admit("ahead").await;
+    assert!(app.incidents.get("acme", &ahead).await.unwrap().is_some());
+    assert_eq!(queued().await, 0);
+    app.queue.queue_at_admission();
+    app.db.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_queue_rolls_back_the_dedup_record() {
     let s = Server::start().await;
@@ -414,16 +490,7 @@ async fn poison_messages_fail_alone_and_dead_letter_after_five_receives() {
         .is_some());
 
     // Through the embedded queue: a poison body is retried, then dead-lettered.
-    s.app
-        .db
-        .write(|c| {
-            Ok(c.execute(
-                "INSERT INTO queue(body, enqueued_at, visible_at) VALUES ('poison', 0, 0)",
-                [],
-            )?)
-        })
-        .await
-        .unwrap();
+    enqueue(&s.app, "poison", 0).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let stats = s.app.queue.stats().await.unwrap();
@@ -644,8 +711,6 @@ async fn a_firing_that_fails_its_last_receive_releases_its_key() {
 /// (Batch-mates that succeed: `batch_mates_of_a_failing_alert_are_triaged_and_done`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_triaged_in_one_job_fails_records_alone() {
-    use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};
-    use causeflow_shared::triage::Triage;
     // Not running: nothing but this test triages its queue.
     let app = Embedded::open(EmbeddedConfig::new(common::tempdir().join("c.db"))).unwrap();
     let message = |id: &str, incident: &str| {
@@ -688,13 +753,7 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
         incidents: std::sync::Arc::new(DownIncidents(None)),
         ..app.triage.clone()
     };
-    assert_eq!(
-        app.queue
-            .triage_batch(broken, 64, 30_000, 60_000)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(triage_queued(&app, broken).await, 3);
     let rows = app
         .db
         .read(|c| {
@@ -747,13 +806,7 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
         })
         .await
         .unwrap();
-    assert_eq!(
-        app.queue
-            .triage_batch(app.triage.clone(), 64, 30_000, 60_000)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(triage_queued(&app, app.triage.clone()).await, 1);
     assert!(app
         .incidents
         .get("acme", "inc_later")
@@ -766,27 +819,12 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
     // leaves nothing behind: the incident is rolled back, the message comes back, and the
     // writer goes on.
     let boom = message("boom", "inc_boom");
-    app.db
-        .write(move |c| {
-            c.execute(
-                "INSERT INTO queue(body, enqueued_at, visible_at, receive_count) VALUES (?1, 0, 0, 0)",
-                [&boom],
-            )?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    enqueue(&app, &boom, 0).await;
     let panicking = Triage {
         dispatcher: std::sync::Arc::new(PanicDispatcher),
         ..app.triage.clone()
     };
-    assert_eq!(
-        app.queue
-            .triage_batch(panicking, 64, 30_000, 60_000)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(triage_queued(&app, panicking).await, 1);
     assert!(app
         .incidents
         .get("acme", "inc_boom")
@@ -815,7 +853,6 @@ async fn a_batch_triaged_in_one_job_fails_records_alone() {
 /// one and done. A record that is not a queued alert fails alone before any pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_mates_of_a_failing_alert_are_triaged_and_done() {
-    use causeflow_shared::host::embedded::{Embedded, EmbeddedConfig};
     // Not running: nothing but this test triages its queue.
     let app = Embedded::open(EmbeddedConfig::new(common::tempdir().join("c.db"))).unwrap();
     let alert = |status: &str, incident: &str| {
@@ -830,25 +867,10 @@ async fn batch_mates_of_a_failing_alert_are_triaged_and_done() {
         "not json".to_owned(),
         alert("firing", "inc_after"),
     ];
-    app.db
-        .write(move |c| {
-            for body in &bodies {
-                c.execute(
-                    "INSERT INTO queue(body, enqueued_at, visible_at) VALUES (?1, 0, 0)",
-                    [body],
-                )?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        app.queue
-            .triage_batch(app.triage.clone(), 64, 30_000, 60_000)
-            .await
-            .unwrap(),
-        4
-    );
+    for body in &bodies {
+        enqueue(&app, body, 0).await;
+    }
+    assert_eq!(triage_queued(&app, app.triage.clone()).await, 4);
     for incident in ["inc_before", "inc_after"] {
         assert!(
             app.incidents.get("acme", incident).await.unwrap().is_some(),

@@ -487,10 +487,10 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let f = match run_inline(f) {
-            Ok(r) => return r,
-            Err(f) => f,
-        };
+        // Inline, on this thread's connection (`read_blocking` takes that path).
+        if INLINE.with(|c| c.get()).is_some() {
+            return self.read_blocking(f);
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.read_blocking(f))
             .await
@@ -612,14 +612,7 @@ fn checkpoint_loop(conn: Connection, grown: Receiver<()>, restart: Arc<WalRestar
     // The WAL's frames and how many were copied, as of the last pass that ran.
     let (mut frames_before, mut copied_before) = (0i64, 0i64);
     while grown.recv().is_ok() {
-        let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        });
-        let (frames, copied) = match pass {
+        let (frames, copied) = match passive_checkpoint(&conn) {
             Ok((0, frames, copied)) if frames >= 0 && copied >= 0 => (frames, copied),
             // Busy (-1 counts): another checkpoint ran; nothing learnt.
             Ok(_) => {
@@ -648,6 +641,13 @@ fn checkpoint_loop(conn: Connection, grown: Receiver<()>, restart: Arc<WalRestar
             std::thread::sleep(CHECKPOINT_EVERY);
         }
     }
+}
+
+/// One `PASSIVE` checkpoint: (busy, frames in the WAL, frames copied), SQLite's own answer.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 /// What the writer thread holds besides its connection and its job queue.
@@ -705,13 +705,7 @@ fn writer_loop(conn: Connection, rx: Receiver<Box<dyn WriteJob>>, w: Writer) {
         }
         // After the answers, so no request waits for it (`checkpoint_loop`).
         if w.wal.wanted.swap(false, Ordering::Acquire) {
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            }) {
+            match passive_checkpoint(&conn) {
                 Ok((0, frames, copied)) if frames == copied => {
                     w.wal.caught_up.fetch_add(1, Ordering::Relaxed);
                 }

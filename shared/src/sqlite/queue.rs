@@ -268,16 +268,9 @@ fn triage_together(
     triage: &crate::triage::Triage,
     batch: &[(QueueRecord, QueuedAlert)],
 ) -> Result<bool, StoreError> {
-    super::control(c, "SAVEPOINT batch")?;
-    if !batch
-        .iter()
-        .all(|(_, msg)| drive(c, triage.process(msg)).is_ok())
-    {
-        super::control(c, "ROLLBACK TO batch")?;
-        super::control(c, "RELEASE batch")?;
+    if process_in_savepoint(c, triage, batch.iter().map(|(_, msg)| msg))?.is_err() {
         return Ok(false);
     }
-    super::control(c, "RELEASE batch")?;
     for (record, msg) in batch {
         // `settle` of a success only counts it.
         let _ = drive(c, triage.settle(record, msg, Ok(())));
@@ -294,34 +287,40 @@ fn triage_admitted(
     triage: &crate::triage::Triage,
     admitted: &[QueuedAlert],
 ) -> Result<usize, StoreError> {
-    super::control(c, "SAVEPOINT admitted")?;
-    if admitted
-        .iter()
-        .all(|msg| drive(c, triage.process(msg)).is_ok())
-    {
-        super::control(c, "RELEASE admitted")?;
+    if process_in_savepoint(c, triage, admitted.iter())?.is_ok() {
         return Ok(admitted.len());
     }
-    super::control(c, "ROLLBACK TO admitted")?;
-    super::control(c, "RELEASE admitted")?;
     // One by one, so the failure stays alone; triage is idempotent, so running an alert twice
     // changes nothing twice.
     for (n, msg) in admitted.iter().enumerate() {
-        super::control(c, "SAVEPOINT admitted")?;
-        match drive(c, triage.process(msg)) {
-            Ok(()) => super::control(c, "RELEASE admitted")?,
-            Err(e) => {
-                super::control(c, "ROLLBACK TO admitted")?;
-                super::control(c, "RELEASE admitted")?;
-                crate::telemetry::triage_failed();
-                tracing::warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
-                    request_id = msg.request_id.as_deref(), error = %e, queued = admitted.len() - n,
-                    "triage at admission failed; the alert, and those admitted after it, are queued");
-                return Ok(n);
-            }
+        if let Err(e) = process_in_savepoint(c, triage, std::iter::once(msg))? {
+            crate::telemetry::triage_failed();
+            tracing::warn!(tenant = %msg.tenant_id, incident = %msg.incident_id,
+                request_id = msg.request_id.as_deref(), error = %e, queued = admitted.len() - n,
+                "triage at admission failed; the alert, and those admitted after it, are queued");
+            return Ok(n);
         }
     }
     Ok(admitted.len())
+}
+
+/// Triages `alerts` in order under one savepoint, stopping at the first that fails (or
+/// panics): then everything they wrote is rolled back and that failure returned. The outer
+/// `Result` is the savepoint statements' own.
+fn process_in_savepoint<'a>(
+    c: &rusqlite::Connection,
+    triage: &crate::triage::Triage,
+    alerts: impl IntoIterator<Item = &'a QueuedAlert>,
+) -> Result<Result<(), TriageError>, StoreError> {
+    super::control(c, "SAVEPOINT triage")?;
+    let processed = alerts
+        .into_iter()
+        .try_for_each(|msg| drive(c, triage.process(msg)));
+    if processed.is_err() {
+        super::control(c, "ROLLBACK TO triage")?;
+    }
+    super::control(c, "RELEASE triage")?;
+    Ok(processed)
 }
 
 /// Triages one record on the writer's connection. Its processing runs in a savepoint, rolled
@@ -333,12 +332,7 @@ fn triage_one(
     record: &QueueRecord,
     msg: &QueuedAlert,
 ) -> Result<Result<(), TriageError>, StoreError> {
-    super::control(c, "SAVEPOINT record")?;
-    let processed = drive(c, triage.process(msg));
-    if processed.is_err() {
-        super::control(c, "ROLLBACK TO record")?;
-    }
-    super::control(c, "RELEASE record")?;
+    let processed = process_in_savepoint(c, triage, std::iter::once(msg))?;
     Ok(drive(c, triage.settle(record, msg, processed)))
 }
 
