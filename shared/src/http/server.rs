@@ -10,8 +10,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::{debug, warn};
@@ -129,29 +129,51 @@ const IN_REQUEST: u8 = 2;
 
 /// A connection's phase and when it began; shared by the socket wrapper (which sees bytes), the
 /// service (which sees requests start and end) and the watchdog (which enforces the bounds).
+///
+/// A phase change does not wake the watchdog: that was three wake-ups and three timer re-arms
+/// per request. The watchdog instead never sleeps past "now + the shortest bound" while it
+/// cannot see a deadline (`Phase::next_check`), and any phase that begins after a check ends
+/// no sooner than that, so no bound is enforced late.
 struct Phase {
     state: AtomicU8,
-    since: Mutex<Instant>,
-    /// Wakes the watchdog, whose deadline moves with the phase.
-    changed: Notify,
+    /// When the phase began, in nanoseconds after `origin`.
+    since: AtomicU64,
+    origin: Instant,
 }
 
 impl Phase {
+    fn new(state: u8) -> Self {
+        Phase {
+            state: AtomicU8::new(state),
+            since: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
     fn set(&self, state: u8) {
-        *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.state.store(state, Ordering::SeqCst);
-        self.changed.notify_one();
+        let nanos = self.origin.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        // `since` before `state`: a reader that sees the new state sees its start, or a later one.
+        self.since.store(nanos, Ordering::Release);
+        self.state.store(state, Ordering::Release);
     }
 
     /// When the current phase runs out, if it can.
     fn deadline(&self, limits: &ServerLimits) -> Option<Instant> {
-        let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
-        match self.state.load(Ordering::SeqCst) {
+        let state = self.state.load(Ordering::Acquire);
+        let since = self.origin + Duration::from_nanos(self.since.load(Ordering::Acquire));
+        match state {
             IDLE => Some(since + limits.idle_timeout),
             READING_HEAD => Some(since + limits.header_timeout),
             // The service bounds a request itself, answering 408.
             _ => None,
         }
+    }
+
+    /// When the watchdog looks again: the current phase's deadline, but no later than the
+    /// shortest bound from now, since a phase beginning now would end then at the soonest.
+    fn next_check(&self, limits: &ServerLimits, now: Instant) -> Instant {
+        let soonest = now + limits.header_timeout.min(limits.idle_timeout);
+        self.deadline(limits).map_or(soonest, |d| d.min(soonest))
     }
 }
 
@@ -277,11 +299,7 @@ async fn connection(
 ) {
     // A new connection owes its first request's head at once: the header timeout runs from
     // accept, so a socket that sends nothing is freed as fast as one that trickles.
-    let phase = Arc::new(Phase {
-        state: AtomicU8::new(READING_HEAD),
-        since: Mutex::new(Instant::now()),
-        changed: Notify::new(),
-    });
+    let phase = Arc::new(Phase::new(READING_HEAD));
     let io = TokioIo::new(Watched {
         inner: stream,
         phase: phase.clone(),
@@ -335,8 +353,8 @@ async fn connection(
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let mut closing = false;
+    let mut check = phase.next_check(&limits, Instant::now());
     loop {
-        let deadline = phase.deadline(&limits);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -344,26 +362,19 @@ async fn connection(
                 }
                 return;
             }
-            _ = phase.changed.notified() => {}
-            _ = sleep_until(deadline) => {
-                // Re-check: the phase may have moved on while the timer fired.
-                if phase.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
+            _ = tokio::time::sleep_until(check) => {
+                let now = Instant::now();
+                if phase.deadline(&limits).is_some_and(|d| d <= now) {
                     debug!(phase = phase.state.load(Ordering::SeqCst), "connection timed out");
                     return;
                 }
+                check = phase.next_check(&limits, now);
             }
             _ = stop.wait_for(|s| *s), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -380,4 +391,46 @@ fn too_slow() -> axum::response::Response {
         http::HeaderValue::from_static("close"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watchdog is not woken by phase changes, so it must never sleep past a deadline that
+    /// a phase beginning after its look could have.
+    #[test]
+    fn the_watchdog_never_sleeps_past_a_deadline_it_cannot_see() {
+        let limits = ServerLimits::default(); // header 10 s, idle 60 s
+        let shortest = limits.header_timeout;
+        let p = Phase::new(READING_HEAD);
+        let start = p.origin;
+        // Reading a head: its own deadline.
+        assert_eq!(p.next_check(&limits, start), start + limits.header_timeout);
+        // Idle: a head may begin any moment, so it looks again after the shortest bound, not
+        // at the idle deadline; the idle deadline itself is enforced when it comes.
+        p.set(IDLE);
+        let idle_since = p.origin + Duration::from_nanos(p.since.load(Ordering::Acquire));
+        let now = idle_since + Duration::from_secs(1);
+        assert_eq!(p.next_check(&limits, now), now + shortest);
+        let late = idle_since + limits.idle_timeout - Duration::from_secs(1);
+        assert_eq!(
+            p.next_check(&limits, late),
+            idle_since + limits.idle_timeout
+        );
+        assert!(p
+            .deadline(&limits)
+            .is_some_and(|d| d <= idle_since + limits.idle_timeout));
+        // In a request: no deadline of its own (the service bounds it), but it may end any
+        // moment.
+        p.set(IN_REQUEST);
+        assert_eq!(p.deadline(&limits), None);
+        assert_eq!(p.next_check(&limits, now), now + shortest);
+        // With the idle bound the shorter one, the same holds with it.
+        let tight = ServerLimits {
+            idle_timeout: Duration::from_secs(2),
+            ..ServerLimits::default()
+        };
+        assert_eq!(p.next_check(&tight, now), now + tight.idle_timeout);
+    }
 }
