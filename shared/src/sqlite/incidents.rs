@@ -91,19 +91,31 @@ fn put(c: &Connection, i: &Incident) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Writes `i` unless an incident with its key exists: whether it did.
+fn insert_new(c: &Connection, i: &Incident) -> Result<bool, StoreError> {
+    let json = serde_json::to_string(i).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let n = c
+        .prepare_cached(
+            "INSERT INTO incidents(tenant_id, incident_id, status, data) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![i.tenant_id, i.incident_id, i.status.as_str(), json])?;
+    Ok(n == 1)
+}
+
 #[async_trait]
 impl IncidentStore for SqliteIncidents {
     async fn open(&self, incident: Incident) -> Result<Incident, StoreError> {
         self.db
-            .write(
-                move |c| match get(c, &incident.tenant_id, &incident.incident_id)? {
-                    Some(existing) => Ok(existing),
-                    None => {
-                        put(c, &incident)?;
-                        Ok(incident)
-                    }
-                },
-            )
+            .write(move |c| {
+                // Nearly every open is of a new incident: the insert finds that out without a
+                // lookup first.
+                if insert_new(c, &incident)? {
+                    return Ok(incident);
+                }
+                get(c, &incident.tenant_id, &incident.incident_id)?
+                    .ok_or_else(|| StoreError::Unavailable("incident vanished mid-write".into()))
+            })
             .await
     }
 

@@ -99,10 +99,62 @@ impl AlertLedger for SqliteLedger {
                 let received = received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let mut results = Vec::with_capacity(alerts.len());
                 let mut queued = false;
+                // What the request is answered for one alert, and its hand-over to triage.
+                let admitted = |decision: &Decision,
+                                alert: Alert,
+                                results: &mut Vec<AlertResult>,
+                                queued: &mut bool|
+                 -> Result<(), StoreError> {
+                    let (outcome, incident_id) = decision.outcome();
+                    let incident_id = incident_id.map(str::to_owned);
+                    if let (
+                        Decision::Create { .. }
+                        | Decision::Resolve { .. }
+                        | Decision::Acknowledge { .. },
+                        Some(id),
+                    ) = (decision, &incident_id)
+                    {
+                        let msg = QueuedAlert {
+                            tenant_id: tenant.clone(),
+                            provider,
+                            incident_id: id.clone(),
+                            received_at: received.clone(),
+                            alert: alert.clone(),
+                            request_id: request_id.clone(),
+                        };
+                        if let Some(msg) = super::defer_triage(msg) {
+                            enqueue(c, &msg, now)?;
+                            *queued = true;
+                        }
+                    }
+                    results.push(AlertResult {
+                        source_alert_id: alert.source_alert_id,
+                        incident_id,
+                        outcome,
+                    });
+                    Ok(())
+                };
                 for alert in alerts {
                     // The `provider` column holds the key's namespace (provider, or unsigned).
                     let ns = namespace(provider, alert.unsigned);
                     let p = ns.as_str();
+                    // Most firings are new: the insert finds that out without a lookup first.
+                    if alert.status == AlertStatus::Firing {
+                        let incident_id = new_incident_id();
+                        if insert_new(
+                            c,
+                            &tenant,
+                            p,
+                            &alert.source_alert_id,
+                            &incident_id,
+                            now,
+                            ttl_ms,
+                        )? {
+                            let decision = Decision::Create { incident_id };
+                            admitted(&decision, alert, &mut results, &mut queued)?;
+                            continue;
+                        }
+                    }
                     let existing = load(c, &tenant, p, &alert.source_alert_id)?;
                     let decision = decide(existing.as_ref(), alert.status, now, new_incident_id);
                     match &decision {
@@ -137,33 +189,7 @@ impl AlertLedger for SqliteLedger {
                             }
                         }
                     }
-                    let (outcome, incident_id) = decision.outcome();
-                    let incident_id = incident_id.map(str::to_owned);
-                    if let (
-                        Decision::Create { .. }
-                        | Decision::Resolve { .. }
-                        | Decision::Acknowledge { .. },
-                        Some(id),
-                    ) = (&decision, &incident_id)
-                    {
-                        let msg = QueuedAlert {
-                            tenant_id: tenant.clone(),
-                            provider,
-                            incident_id: id.clone(),
-                            received_at: received.clone(),
-                            alert: alert.clone(),
-                            request_id: request_id.clone(),
-                        };
-                        if let Some(msg) = super::defer_triage(msg) {
-                            enqueue(c, &msg, now)?;
-                            queued = true;
-                        }
-                    }
-                    results.push(AlertResult {
-                        source_alert_id: alert.source_alert_id,
-                        incident_id,
-                        outcome,
-                    });
+                    admitted(&decision, alert, &mut results, &mut queued)?;
                 }
                 Ok((results, queued))
             })
@@ -226,6 +252,26 @@ impl AlertLedger for SqliteLedger {
 }
 
 /// The record a firing holds once queued: not pending, expiring after the TTL.
+/// Writes the record of a new firing, unless its key already has one: whether it did.
+fn insert_new(
+    c: &Connection,
+    t: &str,
+    p: &str,
+    id: &str,
+    incident_id: &str,
+    now: i64,
+    ttl_ms: i64,
+) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached(
+            "INSERT INTO dedup(tenant_id, provider, source_alert_id,
+                incident_id, pending, lease_until, expires_at)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![t, p, id, incident_id, now, now + ttl_ms])?;
+    Ok(n == 1)
+}
+
 fn put_queued(
     c: &Connection,
     t: &str,
