@@ -7,6 +7,8 @@ pub mod dead_letters;
 pub mod incidents;
 pub mod keys;
 pub mod local_stack;
+pub mod logformat;
+pub mod logsink;
 pub mod serve;
 pub mod sign;
 pub mod stores;

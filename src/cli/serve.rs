@@ -209,29 +209,28 @@ fn print_welcome(addr: &str, api_key: &str, secret: &str) {
          curl -sS -H 'X-API-Key: {api_key}' http://{addr}/v1/tenants/demo/incidents\n"
     );
 }
-/// Logs go to stderr through a writer thread: at thousands of alerts a second, a `write(2)` per
-/// line on the request and triage threads was a visible share of the load profile. The buffer
-/// is not lossy: if stderr cannot keep up, logging waits rather than drops lines. That thread
-/// writes through a buffer it flushes whenever it has written every line handed to it, so a
-/// burst of lines costs one `write(2)`, not one each, and no line waits once the burst is out.
-fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through [`super::logsink`]: a line costs one copy into a buffer that a
+/// thread writes out a few dozen times a second, and logging waits rather than drops lines when
+/// stderr cannot keep up.
+fn init_logging(json: bool) -> super::logsink::Flush {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = super::logsink::buffered(std::io::stderr());
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(terminal);
     if json {
         fmt.json().init();
-    } else {
+    } else if terminal {
+        // Someone is watching: tracing-subscriber's own format, in colour.
         fmt.init();
+    } else {
+        // A file, a pipe, a log collector: the same lines, cheaper to write (logformat).
+        fmt.event_format(super::logformat::Line)
+            .fmt_fields(super::logformat::Fields)
+            .init();
     }
     guard
 }
