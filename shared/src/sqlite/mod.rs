@@ -16,6 +16,8 @@ mod incidents;
 mod ledger;
 mod queue;
 mod sessions;
+#[cfg(unix)]
+mod vfs;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -267,12 +269,39 @@ fn configure_sqlite() {
 const WRITER_CACHE_KIB: i64 = 16_384;
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    configure(Connection::open_with_flags(path, OPEN_FLAGS)?)
+}
+
+const OPEN_FLAGS: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
+    .union(OpenFlags::SQLITE_OPEN_CREATE)
+    .union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
+
+/// The writer's connection: through the VFS that writes each commit's WAL frames with one
+/// `pwrite` instead of two per frame ([`vfs`]), where there is one.
+fn open_writer_connection(path: &Path) -> Result<Connection, StoreError> {
+    #[cfg(unix)]
+    let conn = {
+        vfs::register().map_err(StoreError::Unavailable)?;
+        configure(Connection::open_with_flags_and_vfs(
+            path,
+            OPEN_FLAGS,
+            vfs::NAME,
+        )?)?
+    };
+    #[cfg(not(unix))]
+    let conn = open_connection(path)?;
+    // The VFS relies on it: with FULL, SQLite syncs a commit's frames (which writes them)
+    // before other connections can see them.
+    let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    if sync < 2 {
+        return Err(StoreError::Unavailable(format!(
+            "the writer needs synchronous=FULL, has {sync}"
+        )));
+    }
+    Ok(conn)
+}
+
+fn configure(conn: Connection) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     // WAL: readers never block the writer; FULL: a commit is on disk before it returns.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -329,7 +358,7 @@ impl Db {
                 .map_err(|e| StoreError::Unavailable(format!("create {}: {e}", dir.display())))?;
         }
         make_private(&path)?;
-        let conn = open_connection(&path)?;
+        let conn = open_writer_connection(&path)?;
         // SQLite's default 2 MB page cache made the writer re-read its own pages with pread on
         // every commit once the dedup table outgrew it (the largest cost in the load profile).
         // Only the writer gets more: a reader drops its whole cache whenever it finds the file
