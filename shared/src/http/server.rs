@@ -127,6 +127,9 @@ const IDLE: u8 = 0;
 const READING_HEAD: u8 = 1;
 const IN_REQUEST: u8 = 2;
 
+/// The watchdog's shortest sleep while it cannot see a deadline (`Phase::next_check`).
+const MIN_LOOK: Duration = Duration::from_millis(10);
+
 /// A connection's phase and when it began; shared by the socket wrapper (which sees bytes), the
 /// service (which sees requests start and end) and the watchdog (which enforces the bounds).
 ///
@@ -171,8 +174,10 @@ impl Phase {
 
     /// When the watchdog looks again: the current phase's deadline, but no later than the
     /// shortest bound from now, since a phase beginning now would end then at the soonest.
+    /// Never sooner than [`MIN_LOOK`] from now, so bounds of a few milliseconds cannot make
+    /// every connection wake that often; such bounds are then enforced up to that much late.
     fn next_check(&self, limits: &ServerLimits, now: Instant) -> Instant {
-        let soonest = now + limits.header_timeout.min(limits.idle_timeout);
+        let soonest = now + limits.header_timeout.min(limits.idle_timeout).max(MIN_LOOK);
         self.deadline(limits).map_or(soonest, |d| d.min(soonest))
     }
 }
@@ -432,5 +437,12 @@ mod tests {
             ..ServerLimits::default()
         };
         assert_eq!(p.next_check(&tight, now), now + tight.idle_timeout);
+        // Bounds of a millisecond: it looks every MIN_LOOK, not every millisecond.
+        let tiny = ServerLimits {
+            header_timeout: Duration::from_millis(1),
+            idle_timeout: Duration::from_millis(1),
+            ..ServerLimits::default()
+        };
+        assert_eq!(p.next_check(&tiny, now), now + MIN_LOOK);
     }
 }
