@@ -18,6 +18,7 @@ use std::fmt::{self, Write};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -41,7 +42,10 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         timestamp(&mut w)?;
-        let meta = event.metadata();
+        // A line from the `log` crate arrives as an event of target `log`; its own target and
+        // level are in its `log.*` fields, which the default format shows instead.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         w.write_str(match *meta.level() {
             Level::TRACE => " TRACE ",
             Level::DEBUG => " DEBUG ",
@@ -139,7 +143,8 @@ impl Visitor<'_, '_> {
     }
 
     fn record(&mut self, field: &Field, f: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_ok() {
+        // A `log` record's metadata, already shown as the line's target.
+        if self.result.is_ok() && !field.name().starts_with("log.") {
             self.result = self.start(field).and_then(|_| f(self.w));
         }
     }
@@ -185,6 +190,28 @@ impl Visit for Visitor<'_, '_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.record(field, |w| write!(Escaped(w), "{value:?}"));
+    }
+
+    /// As the default: the error, then ` name.sources=[cause, its cause, …]` when it has causes.
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record(field, |w| {
+            write!(Escaped(&mut *w), "{value}")?;
+            let Some(mut cause) = value.source() else {
+                return Ok(());
+            };
+            write!(w, " {}.sources=[", field.name())?;
+            loop {
+                write!(Escaped(&mut *w), "{cause}")?;
+                match cause.source() {
+                    Some(next) => {
+                        w.write_str(", ")?;
+                        cause = next;
+                    }
+                    None => break,
+                }
+            }
+            w.write_char(']')
+        });
     }
 }
 
@@ -253,6 +280,22 @@ mod tests {
         }
     }
 
+    /// An error with a chain of causes.
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<dyn std::error::Error + 'static>>);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref()
+        }
+    }
+
     #[derive(Debug)]
     struct Thing {
         #[allow(dead_code)]
@@ -282,6 +325,27 @@ mod tests {
         drop(_inner);
         drop(_outer);
         tracing::error!(r#type = "x", opt = Option::<&str>::None, "no span");
+        let cause = std::io::Error::other("disk gone");
+        let err = Chain(
+            "write failed",
+            Some(Box::new(Chain("flush failed", Some(Box::new(cause))))),
+        );
+        tracing::warn!(
+            error = &err as &(dyn std::error::Error + 'static),
+            "with causes"
+        );
+        // A line from a crate that logs through `log`, as tracing-log hands it over.
+        tracing_log::format_trace(
+            &log::Record::builder()
+                .args(format_args!("fatal alert {}", 42))
+                .level(log::Level::Warn)
+                .target("rustls::conn")
+                .module_path_static(Some("rustls::conn"))
+                .file_static(Some("src/conn.rs"))
+                .line(Some(7))
+                .build(),
+        )
+        .unwrap();
         tracing::info!(incident = %"inc_1", request_id = Some("r-1"), severity = %"high", agents = 2usize, kind = "dispatch", "triaged");
     }
 
@@ -315,7 +379,17 @@ mod tests {
         };
         tracing::subscriber::with_default(sub, events);
         let (a, b) = (ours.lines(), theirs.lines());
-        assert_eq!(a.len(), 4);
+        assert_eq!(a.len(), 6);
+        assert!(
+            a[3].contains("error=write failed error.sources=[flush failed, disk gone]"),
+            "{}",
+            a[3]
+        );
+        assert!(
+            a[4].contains(" WARN rustls::conn: fatal alert 42"),
+            "{}",
+            a[4]
+        );
         assert_eq!(without_time(a.clone()), without_time(b.clone()));
         // The timestamp has the default's shape: RFC 3339, microseconds, UTC.
         for line in &a {

@@ -251,7 +251,6 @@ impl AlertLedger for SqliteLedger {
     }
 }
 
-/// The record a firing holds once queued: not pending, expiring after the TTL.
 /// Writes the record of a new firing, unless its key already has one: whether it did.
 fn insert_new(
     c: &Connection,
@@ -272,6 +271,7 @@ fn insert_new(
     Ok(n == 1)
 }
 
+/// The record a firing holds once queued: not pending, expiring after the TTL.
 fn put_queued(
     c: &Connection,
     t: &str,
