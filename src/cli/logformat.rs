@@ -349,6 +349,17 @@ mod tests {
         tracing::info!(incident = %"inc_1", request_id = Some("r-1"), severity = %"high", agents = 2usize, kind = "dispatch", "triaged");
     }
 
+    /// A subscriber writing lines of this module's format into `out`.
+    fn formatted_into(out: &Out) -> impl tracing::Subscriber {
+        let o = out.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || o.clone())
+            .with_ansi(false)
+            .event_format(Line)
+            .fmt_fields(Fields)
+            .finish()
+    }
+
     /// Everything after the timestamp, which differs between the two runs.
     fn without_time(lines: Vec<String>) -> Vec<String> {
         lines
@@ -360,16 +371,7 @@ mod tests {
     #[test]
     fn lines_match_the_default_format_without_colour() {
         let (ours, theirs) = (Out::default(), Out::default());
-        let sub = {
-            let o = ours.clone();
-            tracing_subscriber::fmt()
-                .with_writer(move || o.clone())
-                .with_ansi(false)
-                .event_format(Line)
-                .fmt_fields(Fields)
-                .finish()
-        };
-        tracing::subscriber::with_default(sub, events);
+        tracing::subscriber::with_default(formatted_into(&ours), events);
         let sub = {
             let t = theirs.clone();
             tracing_subscriber::fmt()
@@ -405,16 +407,7 @@ mod tests {
     #[test]
     fn no_value_can_start_a_line_of_its_own() {
         let out = Out::default();
-        let sub = {
-            let o = out.clone();
-            tracing_subscriber::fmt()
-                .with_writer(move || o.clone())
-                .with_ansi(false)
-                .event_format(Line)
-                .fmt_fields(Fields)
-                .finish()
-        };
-        tracing::subscriber::with_default(sub, || {
+        tracing::subscriber::with_default(formatted_into(&out), || {
             let evil = "x\n2026-01-01T00:00:00.000000Z ERROR forged\u{1b}[31m\u{85}";
             tracing::info!(shown = %evil, debugged = ?evil, plain = evil, "msg {}", evil);
         });

@@ -141,15 +141,8 @@ impl AlertLedger for SqliteLedger {
                     // Most firings are new: the insert finds that out without a lookup first.
                     if alert.status == AlertStatus::Firing {
                         let incident_id = new_incident_id();
-                        if insert_new(
-                            c,
-                            &tenant,
-                            p,
-                            &alert.source_alert_id,
-                            &incident_id,
-                            now,
-                            ttl_ms,
-                        )? {
+                        let key = (tenant.as_str(), p, alert.source_alert_id.as_str());
+                        if put_record(c, NEW_RECORD, key, &incident_id, now, ttl_ms)? {
                             let decision = Decision::Create { incident_id };
                             admitted(&decision, alert, &mut results, &mut queued)?;
                             continue;
@@ -159,15 +152,8 @@ impl AlertLedger for SqliteLedger {
                     let decision = decide(existing.as_ref(), alert.status, now, new_incident_id);
                     match &decision {
                         Decision::Create { incident_id } => {
-                            put_queued(
-                                c,
-                                &tenant,
-                                p,
-                                &alert.source_alert_id,
-                                incident_id,
-                                now,
-                                ttl_ms,
-                            )?;
+                            let key = (tenant.as_str(), p, alert.source_alert_id.as_str());
+                            put_record(c, REPLACE_RECORD, key, incident_id, now, ttl_ms)?;
                         }
                         Decision::Resolve { .. } => {
                             release(c, &tenant, p, &alert.source_alert_id)?;
@@ -223,7 +209,8 @@ impl AlertLedger for SqliteLedger {
                             })
                         }
                         None => {
-                            put_queued(c, t, &ns, id, &msg.incident_id, now, ttl_ms)?;
+                            let key = (t.as_str(), ns.as_str(), id.as_str());
+                            put_record(c, REPLACE_RECORD, key, &msg.incident_id, now, ttl_ms)?;
                             Outcome::Created
                         }
                     },
@@ -251,43 +238,31 @@ impl AlertLedger for SqliteLedger {
     }
 }
 
-/// Writes the record of a new firing, unless its key already has one: whether it did.
-fn insert_new(
+/// Writes a record over any record of its key ([`put_record`]).
+const REPLACE_RECORD: &str = "INSERT OR REPLACE INTO dedup(tenant_id, provider, source_alert_id,
+        incident_id, pending, lease_until, expires_at)
+     VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)";
+
+/// Writes a record only where its key has none ([`put_record`]).
+const NEW_RECORD: &str = "INSERT INTO dedup(tenant_id, provider, source_alert_id,
+        incident_id, pending, lease_until, expires_at)
+     VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6) ON CONFLICT DO NOTHING";
+
+/// Writes the record a firing holds once queued, not pending and expiring after the TTL, for
+/// key (tenant, namespace, source alert id), with [`REPLACE_RECORD`] or [`NEW_RECORD`]: whether
+/// it wrote one.
+fn put_record(
     c: &Connection,
-    t: &str,
-    p: &str,
-    id: &str,
+    sql: &'static str,
+    (t, p, id): (&str, &str, &str),
     incident_id: &str,
     now: i64,
     ttl_ms: i64,
 ) -> Result<bool, StoreError> {
     let n = c
-        .prepare_cached(
-            "INSERT INTO dedup(tenant_id, provider, source_alert_id,
-                incident_id, pending, lease_until, expires_at)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6) ON CONFLICT DO NOTHING",
-        )?
+        .prepare_cached(sql)?
         .execute(params![t, p, id, incident_id, now, now + ttl_ms])?;
     Ok(n == 1)
-}
-
-/// The record a firing holds once queued: not pending, expiring after the TTL.
-fn put_queued(
-    c: &Connection,
-    t: &str,
-    p: &str,
-    id: &str,
-    incident_id: &str,
-    now: i64,
-    ttl_ms: i64,
-) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "INSERT OR REPLACE INTO dedup(tenant_id, provider, source_alert_id,
-            incident_id, pending, lease_until, expires_at)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
-    )?
-    .execute(params![t, p, id, incident_id, now, now + ttl_ms])?;
-    Ok(())
 }
 
 #[async_trait]
