@@ -17,6 +17,12 @@
 //!   commit durable, and a failed write fails that sync, so SQLite fails the commit.
 //! - Order is kept. A write that does not continue the gathered bytes (SQLite rewriting an
 //!   earlier frame) first writes what is gathered.
+//! - Nothing outlives its transaction. When SQLite releases the WAL write lock (through the
+//!   database file's `xShmLock`, which is wrapped for this), what a rolled-back transaction
+//!   left gathered is dropped: written later, it could land on frames another process (the
+//!   CLI) committed meanwhile.
+//! - A failed write of gathered bytes is an I/O error, which makes SQLite roll the whole
+//!   transaction back, and the gather refuses everything until that transaction has ended.
 //!
 //! Every other file, and every other operation, goes to the default VFS unchanged.
 
