@@ -370,7 +370,11 @@ impl Dispatcher for SqliteDispatcher {
                 Ok(())
             })
             .await?;
-        self.db.signals().dispatched.notify_one();
+        // On the writer, the tasks are not committed yet: the writer wakes the delivery loop
+        // once they are (`Wake::dispatched`).
+        if !super::on_writer() {
+            self.db.signals().dispatched.notify_one();
+        }
         Ok(())
     }
 }

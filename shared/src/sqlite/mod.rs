@@ -131,6 +131,12 @@ fn inline<T>(conn: &Connection, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether this thread runs inside the writer's transaction ([`inline`]): its writes commit
+/// with that transaction, and the writer wakes whoever they concern after the commit.
+fn on_writer() -> bool {
+    INLINE.with(|c| c.get()).is_some()
+}
+
 /// Runs `f` on the connection [`inline`] set on this thread, if any; otherwise hands `f` back.
 fn run_inline<T, F: FnOnce(&Connection) -> T>(f: F) -> Result<T, F> {
     match INLINE.with(|c| c.get()) {
@@ -517,7 +523,7 @@ impl Db {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         // Inline, on this thread's connection (`read_blocking` takes that path).
-        if INLINE.with(|c| c.get()).is_some() {
+        if on_writer() {
             return self.read_blocking(f);
         }
         let this = self.clone();
@@ -866,11 +872,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_job_does_not_fail_its_batch_mates() {
-        let dir = tempdir();
-        let db = Db::open(dir.join("t.db")).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x INTEGER)")?))
-            .await
-            .unwrap();
+        let db = table_db("INTEGER").await;
         let mut handles = Vec::new();
         for i in 0..50i64 {
             let db = db.clone();
@@ -938,11 +940,7 @@ mod tests {
     /// panicking) after it wrote takes its whole batch down, and nothing of that batch stays.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unguarded_jobs_fail_alone_before_writing_and_with_their_batch_after() {
-        let dir = tempdir();
-        let db = Db::open(dir.join("t.db")).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x INTEGER)")?))
-            .await
-            .unwrap();
+        let db = table_db("INTEGER").await;
         let insert = |db: &Db, x: i64, fail: Option<&'static str>| {
             let db = db.clone();
             submitted(Box::pin(async move {
@@ -1062,11 +1060,7 @@ mod tests {
     /// transaction goes. With no pass installed, nothing is deferred.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pre_commit_pass_gets_what_the_standing_jobs_deferred() {
-        let dir = tempdir();
-        let db = Db::open(dir.join("t.db")).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t(x TEXT)")?))
-            .await
-            .unwrap();
+        let db = table_db("TEXT").await;
         // No pass installed: the alert is handed back, to be queued.
         assert!(db
             .write(|_| Ok(defer_triage(admitted("x")).is_some()))
@@ -1148,6 +1142,16 @@ mod tests {
         assert!(job(&db, "f", true, true, false).await.is_err());
         assert_eq!(seen.lock().unwrap().len(), 2);
         db.close();
+    }
+
+    /// A new database with one table, `t(x <column>)`.
+    async fn table_db(column: &str) -> Db {
+        let db = Db::open(tempdir().join("t.db")).unwrap();
+        let create = format!("CREATE TABLE t(x {column})");
+        db.write(move |c| Ok(c.execute_batch(&create)?))
+            .await
+            .unwrap();
+        db
     }
 
     pub(crate) fn tempdir() -> PathBuf {

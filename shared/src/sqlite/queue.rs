@@ -205,7 +205,7 @@ impl SqliteQueue {
                 Ok(())
             })
             .await?;
-        // Tasks recorded inline signalled before their commit; this wakes delivery after it.
+        // The tasks triage recorded on the writer are committed now: delivery may take them.
         self.db.signals().dispatched.notify_one();
         Ok(taken)
     }
