@@ -138,10 +138,10 @@ impl AlertLedger for SqliteLedger {
                     // The `provider` column holds the key's namespace (provider, or unsigned).
                     let ns = namespace(provider, alert.unsigned);
                     let p = ns.as_str();
+                    let key = (tenant.as_str(), p, alert.source_alert_id.as_str());
                     // Most firings are new: the insert finds that out without a lookup first.
                     if alert.status == AlertStatus::Firing {
                         let incident_id = new_incident_id();
-                        let key = (tenant.as_str(), p, alert.source_alert_id.as_str());
                         if put_record(c, NEW_RECORD, key, &incident_id, now, ttl_ms)? {
                             let decision = Decision::Create { incident_id };
                             admitted(&decision, alert, &mut results, &mut queued)?;
@@ -152,7 +152,6 @@ impl AlertLedger for SqliteLedger {
                     let decision = decide(existing.as_ref(), alert.status, now, new_incident_id);
                     match &decision {
                         Decision::Create { incident_id } => {
-                            let key = (tenant.as_str(), p, alert.source_alert_id.as_str());
                             put_record(c, REPLACE_RECORD, key, incident_id, now, ttl_ms)?;
                         }
                         Decision::Resolve { .. } => {
