@@ -19,6 +19,23 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 /// A fresh, empty directory under the system temp dir.
+/// Polls `check` until it gives a value, failing the test with `what` after 10 s: a state
+/// waited for, with a bound so a broken server fails instead of hanging the suite.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("causeflow-it-{}", uuid_like()));
     std::fs::create_dir_all(&d).unwrap();
@@ -159,25 +176,15 @@ impl Server {
         incident_id: &str,
         ready: impl Fn(&Incident) -> bool,
     ) -> Incident {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self
-                .app
+        eventually(&format!("incident {incident_id} triaged"), || async {
+            self.app
                 .incidents
                 .get(&self.tenant, incident_id)
                 .await
                 .unwrap()
-            {
-                if ready(&i) {
-                    return i;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "incident {incident_id} not triaged within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .filter(|i| ready(i))
+        })
+        .await
     }
 
     /// Rows in the dedup table.
