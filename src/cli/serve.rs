@@ -182,7 +182,9 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!("shutting down: finishing in-flight requests and triage");
+        // A log line, not a bare write to stderr: it stays in order with the buffered lines
+        // before it, and `--log-format json` output stays JSON, one object a line.
+        tracing::info!("shutting down: finishing in-flight requests and triage");
     })
 }
 
