@@ -111,15 +111,16 @@ fn timestamp(w: &mut Writer<'_>) -> fmt::Result {
         }
         w.write_str(&s.1)
     })?;
-    let mut digits = [b'0'; 6];
-    let mut m = micros;
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (m % 10) as u8;
-        m /= 10;
-    }
-    w.write_char('.')?;
-    w.write_str(std::str::from_utf8(&digits).unwrap_or("000000"))?;
+    fraction(w, micros)?;
     w.write_char('Z')
+}
+
+/// `.` and the microseconds as six digits, zero-padded.
+fn fraction(w: &mut impl Write, micros: u32) -> fmt::Result {
+    let mut buf = [0; 20];
+    let digits = itoa(u64::from(micros.min(999_999)), &mut buf);
+    w.write_str(&".000000"[..7 - digits.len()])?;
+    w.write_str(digits)
 }
 
 struct Visitor<'a, 'w> {
@@ -420,6 +421,15 @@ mod tests {
         );
         assert!(l.contains(r#"plain="x\n2026"#), "{l}");
         assert!(l.contains(r"msg x\n2026"), "{l}");
+    }
+
+    #[test]
+    fn microseconds_are_six_digits() {
+        for (micros, shown) in [(0, ".000000"), (7, ".000007"), (123_456, ".123456")] {
+            let mut s = String::new();
+            fraction(&mut s, micros).unwrap();
+            assert_eq!(s, shown);
+        }
     }
 
     #[test]
