@@ -742,6 +742,24 @@ async fn acknowledged_alerts_survive_sigkill_and_get_triaged() {
     assert!(wait_exit(&mut child).success());
 }
 
+/// `causeflow serve` at log level `level`, its stderr (the log) going to the file `log`, and
+/// the address it listens on.
+#[allow(clippy::zombie_processes)]
+fn serve_logging_to(db: &Path, log: &Path, level: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
+        .arg("--db")
+        .arg(db)
+        .env("RUST_LOG", level)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut child);
+    (child, addr)
+}
+
 /// docs/operations.md#metrics-and-request-ids: off a terminal, `serve` writes plain lines in
 /// tracing's usual layout (time, level, the request's span with its id, tenant and provider, the
 /// module, the message, the fields), one event a line, and an orderly stop writes them all.
@@ -750,22 +768,7 @@ async fn serve_logs_plain_lines_to_a_file_and_writes_them_all_when_stopped() {
     let db = db_path();
     let key = create_key(&db, "acme");
     let log = db.with_file_name("serve.log");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            "--db",
-        ])
-        .arg(&db)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let addr = listening_addr(&mut child);
+    let (mut child, addr) = serve_logging_to(&db, &log, "info", &[]);
     let client = reqwest::Client::new();
     let body = r#"{"sourceAlertId":"plain-lines","title":"t"}"#;
     assert_eq!(post(&client, &addr, "acme", &key, body).await.status(), 202);
@@ -802,32 +805,7 @@ async fn keys_are_stored_hashed_and_nothing_secret_reaches_the_logs() {
     let db = db_path();
     let key = create_key(&db, "acme");
     let log = db.with_file_name("serve.log");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            "--log-format",
-            "json",
-            "--db",
-        ])
-        .arg(&db)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0);
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut child, addr) = serve_logging_to(&db, &log, "trace", &["--log-format", "json"]);
     let client = reqwest::Client::new();
     let body = r#"{"sourceAlertId":"leak-check","title":"TITLE-MUST-NOT-BE-LOGGED","message":"BODY-MUST-NOT-BE-LOGGED"}"#;
     assert_eq!(post(&client, &addr, "acme", &key, body).await.status(), 202);
