@@ -68,7 +68,19 @@ pub fn new_webhook_secret() -> String {
 
 /// The digest under which an API key is stored and looked up.
 pub fn hash_api_key(api_key: &str) -> String {
-    hex::encode(Sha256::digest(api_key.as_bytes()))
+    to_hex(&Sha256::digest(api_key.as_bytes()))
+}
+
+/// Lower-case hex of `bytes`. The `hex` crate's encoder goes through a char iterator, about ten
+/// times slower: with two digests hexed per alert it was a visible share of the load profile.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// Hex HMAC-SHA256 of `parts` concatenated, keyed with `secret` (what senders put in
@@ -78,7 +90,7 @@ pub fn sign(secret: &str, parts: &[&[u8]]) -> String {
     for p in parts {
         mac.update(p);
     }
-    hex::encode(mac.finalize().into_bytes())
+    to_hex(&mac.finalize().into_bytes())
 }
 
 /// Why a signature header did not verify.
@@ -145,6 +157,13 @@ pub fn check_timestamp(value: &str, now_unix: i64) -> Result<(), TimestampError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_the_hex_crates() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(to_hex(&all), hex::encode(&all));
+        assert_eq!(to_hex(&[]), "");
+    }
 
     #[test]
     fn sign_and_verify_round_trip() {

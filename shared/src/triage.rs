@@ -327,7 +327,10 @@ pub fn task_id(incident_id: &str, agent: &str, kind: TaskKind) -> String {
     if kind == TaskKind::Cancel {
         h.update(b"\ncancel");
     }
-    format!("task_{}", &hex::encode(h.finalize())[..32])
+    // The first 16 bytes: 32 hex digits.
+    let mut id = crate::auth::to_hex(&h.finalize()[..16]);
+    id.insert_str(0, "task_");
+    id
 }
 
 #[cfg(test)]

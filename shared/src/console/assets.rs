@@ -15,7 +15,7 @@ struct Asset {
 }
 
 fn asset(stem: &str, ext: &str, body: &'static str, content_type: &'static str) -> Asset {
-    let d = hex::encode(Sha256::digest(body.as_bytes()));
+    let d = crate::auth::to_hex(&Sha256::digest(body.as_bytes()));
     Asset {
         name: format!("{stem}-{}.{ext}", &d[..12]),
         body,

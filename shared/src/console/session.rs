@@ -23,7 +23,7 @@ pub const COOKIE: &str = "cf_console";
 pub const SECURE_COOKIE: &str = "__Host-cf_console";
 
 fn digest(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    crate::auth::to_hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// Records a one-time sign-in link for `tenant` and returns its URL under `base_url`.

@@ -341,9 +341,21 @@ impl Dispatcher for SqliteDispatcher {
         if tasks.is_empty() {
             return Ok(());
         }
+        // The columns, not whole tasks: the write must own what it binds, and a task's summary
+        // (title, links) is already in its body.
         let rows = tasks
             .iter()
-            .map(|t| Ok((t.clone(), serde_json::to_string(t)?)))
+            .map(|t| {
+                Ok(TaskRow {
+                    body: serde_json::to_string(t)?,
+                    task_id: t.task_id.clone(),
+                    tenant_id: t.tenant_id.clone(),
+                    incident_id: t.incident_id.clone(),
+                    agent: t.agent.clone(),
+                    kind: t.kind.as_str(),
+                    severity: t.severity.as_str(),
+                })
+            })
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.db
@@ -354,15 +366,15 @@ impl Dispatcher for SqliteDispatcher {
                         severity, body, created_at, next_attempt_at, position)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
                 )?;
-                for (position, (t, body)) in rows.into_iter().enumerate() {
+                for (position, t) in rows.into_iter().enumerate() {
                     st.execute(params![
                         t.task_id,
                         t.tenant_id,
                         t.incident_id,
                         t.agent,
-                        t.kind.as_str(),
-                        t.severity.as_str(),
-                        body,
+                        t.kind,
+                        t.severity,
+                        t.body,
                         now,
                         position as i64
                     ])?;
@@ -377,6 +389,17 @@ impl Dispatcher for SqliteDispatcher {
         }
         Ok(())
     }
+}
+
+/// One `dispatches` row to insert.
+struct TaskRow {
+    task_id: String,
+    tenant_id: String,
+    incident_id: String,
+    agent: String,
+    kind: &'static str,
+    severity: &'static str,
+    body: String,
 }
 
 #[async_trait]
