@@ -1,15 +1,18 @@
 //! Tenants and API keys in SQLite: the key and tenant ports ([`ApiKeys`], [`TenantSettings`],
 //! [`TopicAllowList`]) plus the management operations the CLI uses, and the SNS subscription
-//! records. Every lookup reads the database, so keys created or revoked by another process take
-//! effect on the next request.
+//! records. Keys in use are cached, and a key changed by any process (the console, or
+//! `causeflow keys …` beside a running `serve`) takes effect on the next request: every change
+//! counts itself in a counter the processes share ([`super::epoch`]), and a cached key is used only
+//! while that counter has not moved since it was read.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-use super::{now_ms, Db};
+use super::{now_ms, Db, KeyEpoch};
 use crate::auth::{new_webhook_secret, IssuedKey};
 use crate::error::StoreError;
 use crate::policy::{AgentOverrides, OverridesCache};
@@ -24,6 +27,54 @@ use crate::validate::{check_tenant_id, check_topic_arn, clean_sentry_secret};
 pub struct SqliteDirectory {
     db: Db,
     overrides: Arc<OverridesCache>,
+    /// `None` where the change counter could not be mapped: every lookup reads the database.
+    keys: Option<Arc<KeyCache>>,
+}
+
+/// Keys found by their digest, each with the change count it was read under.
+///
+/// Only keys that exist are kept, so strangers sending made-up keys cannot grow it (they are
+/// looked up every time, as before). The age limit is a backstop for changes made without the
+/// counter (by hand, with `sqlite3`); the counter is what makes a revoke apply at once.
+struct KeyCache {
+    epoch: Arc<KeyEpoch>,
+    ttl: Duration,
+    map: Mutex<HashMap<String, CachedKey>>,
+}
+
+struct CachedKey {
+    epoch: u64,
+    read_at: Instant,
+    key: KeyRecord,
+}
+
+/// How long a cached key is used at most, whatever the counter says.
+const KEY_TTL: Duration = Duration::from_secs(1);
+/// Keys cached at most (a database holds few; past this the cache starts over).
+const MAX_CACHED_KEYS: usize = 10_000;
+
+impl KeyCache {
+    fn get(&self, key_hash: &str, epoch: u64) -> Option<KeyRecord> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key_hash)
+            .filter(|c| c.epoch == epoch && c.read_at.elapsed() < self.ttl)
+            .map(|c| c.key.clone())
+    }
+
+    fn put(&self, key_hash: &str, epoch: u64, key: &KeyRecord) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CACHED_KEYS {
+            map.clear();
+        }
+        map.insert(
+            key_hash.to_owned(),
+            CachedKey {
+                epoch,
+                read_at: Instant::now(),
+                key: key.clone(),
+            },
+        );
+    }
 }
 
 /// How long triage reuses a tenant's agent table before reading it again. Changes made through
@@ -46,29 +97,91 @@ fn ensure_tenant(c: &rusqlite::Connection, tenant: &str) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Updates one key of one tenant, failing with NotFound when there is none.
-fn update_key(
-    c: &rusqlite::Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    tenant: &str,
-    key_id: &str,
-) -> Result<(), StoreError> {
-    let n = c.execute(sql, params)?;
-    if n == 0 {
-        return Err(StoreError::NotFound(format!(
-            "no active key {key_id} for tenant {tenant}"
-        )));
-    }
-    Ok(())
-}
-
 impl SqliteDirectory {
     pub fn new(db: Db) -> Self {
+        Self::with_key_ttl(db, KEY_TTL)
+    }
+
+    /// Like [`SqliteDirectory::new`], with cached keys used for up to `ttl` (tests make it long,
+    /// so only the change counter can end it).
+    pub fn with_key_ttl(db: Db, ttl: Duration) -> Self {
+        let keys = db.key_epoch().map(|epoch| {
+            Arc::new(KeyCache {
+                epoch,
+                ttl,
+                map: Mutex::default(),
+            })
+        });
         SqliteDirectory {
             db,
             overrides: Arc::new(OverridesCache::new(OVERRIDES_TTL)),
+            keys,
         }
+    }
+
+    /// Counts a change to keys, after its commit: every process's cached keys are read again.
+    fn keys_changed(&self) {
+        if let Some(k) = &self.keys {
+            k.epoch.bump();
+        }
+    }
+
+    /// Updates one active key of one tenant with `sql` (`?1` the tenant, `?2` the key id, `?3`
+    /// the value, if any), failing with NotFound when there is none; then counts the change.
+    async fn update_key(
+        &self,
+        sql: &'static str,
+        tenant: &str,
+        key_id: &str,
+        value: Option<rusqlite::types::Value>,
+    ) -> Result<(), StoreError> {
+        let (t, k) = (tenant.to_owned(), key_id.to_owned());
+        let updated = self
+            .db
+            .write(move |c| {
+                let n = match value {
+                    Some(v) => c.execute(sql, params![t, k, v])?,
+                    None => c.execute(sql, params![t, k])?,
+                };
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!(
+                        "no active key {k} for tenant {t}"
+                    )));
+                }
+                Ok(())
+            })
+            .await;
+        // Whatever the answer: a write that failed changed nothing, and reading keys again
+        // costs only a lookup.
+        self.keys_changed();
+        updated
+    }
+
+    /// Reads the key whose digest is `key_hash` from the database.
+    fn read_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.db.read_now(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT key_id, tenant_id, name, webhook_secret, previous_secret,
+                        sentry_client_secret, revoked_at IS NOT NULL
+                 FROM api_keys WHERE key_hash = ?1",
+            )?;
+            Ok(st
+                .query_row([key_hash], |r| {
+                    let mut secrets = vec![r.get::<_, String>(3)?];
+                    if let Some(prev) = r.get::<_, Option<String>>(4)? {
+                        secrets.push(prev);
+                    }
+                    Ok(KeyRecord {
+                        key_id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        name: r.get(2)?,
+                        webhook_secrets: secrets,
+                        sentry_client_secret: r.get(5)?,
+                        revoked: r.get(6)?,
+                    })
+                })
+                .optional()?)
+        })
     }
 
     /// Whether no tenant exists yet (first start of `causeflow serve`).
@@ -126,53 +239,38 @@ impl KeyAdmin for SqliteDirectory {
     }
 
     async fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
-        let (t, k) = (tenant.to_owned(), key_id.to_owned());
-        self.db
-            .write(move |c| {
-                update_key(
-                    c,
-                    "UPDATE api_keys SET revoked_at = ?3
-                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
-                    params![t, k, now_ms()],
-                    &t,
-                    &k,
-                )
-            })
-            .await
+        self.update_key(
+            "UPDATE api_keys SET revoked_at = ?3
+             WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+            tenant,
+            key_id,
+            Some(now_ms().into()),
+        )
+        .await
     }
 
     async fn rotate_secret(&self, tenant: &str, key_id: &str) -> Result<String, StoreError> {
         let secret = new_webhook_secret();
-        let (t, k, s) = (tenant.to_owned(), key_id.to_owned(), secret.clone());
-        self.db
-            .write(move |c| {
-                update_key(
-                    c,
-                    "UPDATE api_keys SET previous_secret = webhook_secret, webhook_secret = ?3
-                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
-                    params![t, k, s],
-                    &t,
-                    &k,
-                )
-            })
-            .await?;
+        self.update_key(
+            "UPDATE api_keys SET previous_secret = webhook_secret, webhook_secret = ?3
+             WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+            tenant,
+            key_id,
+            Some(secret.clone().into()),
+        )
+        .await?;
         Ok(secret)
     }
 
     async fn retire_secret(&self, tenant: &str, key_id: &str) -> Result<(), StoreError> {
-        let (t, k) = (tenant.to_owned(), key_id.to_owned());
-        self.db
-            .write(move |c| {
-                update_key(
-                    c,
-                    "UPDATE api_keys SET previous_secret = NULL
-                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
-                    params![t, k],
-                    &t,
-                    &k,
-                )
-            })
-            .await
+        self.update_key(
+            "UPDATE api_keys SET previous_secret = NULL
+             WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+            tenant,
+            key_id,
+            None,
+        )
+        .await
     }
 
     async fn set_sentry_secret(
@@ -182,19 +280,14 @@ impl KeyAdmin for SqliteDirectory {
         secret: &str,
     ) -> Result<(), StoreError> {
         let secret = clean_sentry_secret(secret)?;
-        let (t, k, s) = (tenant.to_owned(), key_id.to_owned(), secret);
-        self.db
-            .write(move |c| {
-                update_key(
-                    c,
-                    "UPDATE api_keys SET sentry_client_secret = ?3
-                     WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
-                    params![t, k, s],
-                    &t,
-                    &k,
-                )
-            })
-            .await
+        self.update_key(
+            "UPDATE api_keys SET sentry_client_secret = ?3
+             WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL",
+            tenant,
+            key_id,
+            Some(secret.into()),
+        )
+        .await
     }
 
     async fn set_agent_overrides(
@@ -263,29 +356,20 @@ impl KeyAdmin for SqliteDirectory {
 #[async_trait]
 impl ApiKeys for SqliteDirectory {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        self.db.read_now(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT key_id, tenant_id, name, webhook_secret, previous_secret,
-                            sentry_client_secret, revoked_at IS NOT NULL
-                     FROM api_keys WHERE key_hash = ?1",
-            )?;
-            Ok(st
-                .query_row([key_hash], |r| {
-                    let mut secrets = vec![r.get::<_, String>(3)?];
-                    if let Some(prev) = r.get::<_, Option<String>>(4)? {
-                        secrets.push(prev);
-                    }
-                    Ok(KeyRecord {
-                        key_id: r.get(0)?,
-                        tenant_id: r.get(1)?,
-                        name: r.get(2)?,
-                        webhook_secrets: secrets,
-                        sentry_client_secret: r.get(5)?,
-                        revoked: r.get(6)?,
-                    })
-                })
-                .optional()?)
-        })
+        let Some(cache) = &self.keys else {
+            return self.read_key(key_hash);
+        };
+        // Read before the database: a change counted after this makes the entry stale, and
+        // one counted before it has committed, so the read below sees it.
+        let epoch = cache.epoch.current();
+        if let Some(k) = cache.get(key_hash, epoch) {
+            return Ok(Some(k));
+        }
+        let key = self.read_key(key_hash)?;
+        if let Some(k) = &key {
+            cache.put(key_hash, epoch, k);
+        }
+        Ok(key)
     }
 }
 
@@ -424,5 +508,91 @@ impl crate::ports::KeyUsage for SqliteDirectory {
                 Ok(out)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::hash_api_key;
+
+    /// `serve` caches a key; `causeflow keys …` (another process, here another opening of the
+    /// file with its own mapping of the counter) changes it; `serve`'s next lookup sees the
+    /// change. The cache's age limit is an hour here, so only the counter can make that happen,
+    /// and a change made by hand, without it, is indeed not seen: the key was cached.
+    #[tokio::test]
+    async fn a_key_changed_by_another_process_applies_to_the_next_lookup() {
+        let dir = super::super::tests::tempdir();
+        let path = dir.join("c.db");
+        let serve =
+            SqliteDirectory::with_key_ttl(Db::open(&path).unwrap(), Duration::from_secs(3600));
+        let cli_db = Db::open(&path).unwrap();
+        let cli = SqliteDirectory::new(cli_db.clone());
+        let issued = cli.create_key("acme", "k").await.unwrap();
+        let hash = hash_api_key(&issued.api_key);
+        let lookup = || async { serve.key_by_hash(&hash).await.unwrap().unwrap() };
+
+        let first = lookup().await;
+        assert_eq!(first.webhook_secrets, [issued.webhook_secret.clone()]);
+        assert!(!first.revoked);
+
+        // By hand, past the counter: the cached key is still what is used.
+        cli_db
+            .write(move |c| Ok(c.execute("UPDATE api_keys SET name = 'renamed'", [])?))
+            .await
+            .unwrap();
+        assert_eq!(lookup().await.name, "k");
+
+        let rotated = cli.rotate_secret("acme", &issued.key_id).await.unwrap();
+        let seen = lookup().await;
+        assert_eq!(
+            seen.webhook_secrets,
+            [rotated.clone(), issued.webhook_secret]
+        );
+        assert_eq!(seen.name, "renamed");
+
+        cli.retire_secret("acme", &issued.key_id).await.unwrap();
+        assert_eq!(lookup().await.webhook_secrets, [rotated]);
+
+        cli.set_sentry_secret("acme", &issued.key_id, "sentry-s3cret")
+            .await
+            .unwrap();
+        assert_eq!(
+            lookup().await.sentry_client_secret.as_deref(),
+            Some("sentry-s3cret")
+        );
+
+        cli.revoke_key("acme", &issued.key_id).await.unwrap();
+        assert!(lookup().await.revoked);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Keys that do not exist are not cached: made-up keys cannot grow the cache, and a key
+    /// created after a failed lookup is found at once.
+    #[tokio::test]
+    async fn unknown_keys_are_looked_up_every_time() {
+        let dir = super::super::tests::tempdir();
+        let path = dir.join("c.db");
+        let dirs =
+            SqliteDirectory::with_key_ttl(Db::open(&path).unwrap(), Duration::from_secs(3600));
+        let issued = crate::auth::issue_key();
+        let hash = hash_api_key(&issued.api_key);
+        assert!(dirs.key_by_hash(&hash).await.unwrap().is_none());
+        dirs.store_key("acme", "k", &issued).await.unwrap();
+        assert!(dirs.key_by_hash(&hash).await.unwrap().is_some());
+        assert!(dirs
+            .keys
+            .as_ref()
+            .unwrap()
+            .map
+            .lock()
+            .unwrap()
+            .contains_key(&hash));
+        for _ in 0..100 {
+            let made_up = hash_api_key(&crate::auth::issue_key().api_key);
+            assert!(dirs.key_by_hash(&made_up).await.unwrap().is_none());
+        }
+        assert_eq!(dirs.keys.as_ref().unwrap().map.lock().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,6 +12,8 @@
 //! pass could not do.
 
 mod directory;
+#[cfg(unix)]
+mod epoch;
 mod incidents;
 mod ledger;
 mod queue;
@@ -239,6 +241,22 @@ struct Inner {
     /// Held for the tests, which watch the hand-over happen.
     #[cfg_attr(not(test), allow(dead_code))]
     wal: Arc<WalRestart>,
+    /// The API key change counter shared with other processes; `None` where it cannot be
+    /// mapped (then keys are not cached).
+    key_epoch: Option<Arc<KeyEpoch>>,
+}
+
+#[cfg(unix)]
+use epoch::KeyEpoch;
+/// Where the counter cannot be mapped there is none ([`Db::key_epoch`]).
+#[cfg(not(unix))]
+pub struct KeyEpoch;
+#[cfg(not(unix))]
+impl KeyEpoch {
+    fn current(&self) -> u64 {
+        0
+    }
+    fn bump(&self) {}
 }
 
 /// The hand-over between the checkpoint thread and the writer that lets the WAL start over
@@ -403,8 +421,19 @@ impl Db {
                 .spawn(move || writer_loop(conn, rx, writer))
                 .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?
         };
+        #[cfg(unix)]
+        let key_epoch = match KeyEpoch::open(&path) {
+            Ok(e) => Some(Arc::new(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "API keys are read from the database for every request: their change counter could not be mapped");
+                None
+            }
+        };
+        #[cfg(not(unix))]
+        let key_epoch = None;
         Ok(Db {
             inner: Arc::new(Inner {
+                key_epoch,
                 path,
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
@@ -415,6 +444,11 @@ impl Db {
                 wal,
             }),
         })
+    }
+
+    /// The API key change counter this database shares with every process that opens it.
+    fn key_epoch(&self) -> Option<Arc<KeyEpoch>> {
+        self.inner.key_epoch.clone()
     }
 
     /// Wake-ups for the background workers.
