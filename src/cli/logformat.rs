@@ -236,6 +236,11 @@ struct Escaped<'a, W: Write>(&'a mut W);
 
 impl<W: Write> Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Most values have none: bytes below a space, DEL, and 0xC2 (which leads U+0080 to
+        // U+009F in UTF-8) are the only ways in, and a byte scan is far cheaper than decoding.
+        if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            return self.0.write_str(s);
+        }
         let control = |c: char| c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
         let mut rest = s;
         while let Some(at) = rest.find(control) {
