@@ -63,6 +63,9 @@ impl KeyCache {
 
     fn put(&self, key_hash: &str, epoch: u64, key: &KeyRecord) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // What can no longer be used goes, so the secrets of changed keys do not linger. A put
+        // happens once per key and second at most, over the few keys a database holds.
+        map.retain(|_, c| c.epoch == epoch && c.read_at.elapsed() < self.ttl);
         if map.len() >= MAX_CACHED_KEYS {
             map.clear();
         }
@@ -119,15 +122,10 @@ impl SqliteDirectory {
         }
     }
 
-    /// Counts a change to keys, after its commit: every process's cached keys are read again.
-    fn keys_changed(&self) {
-        if let Some(k) = &self.keys {
-            k.epoch.bump();
-        }
-    }
-
     /// Updates one active key of one tenant with `sql` (`?1` the tenant, `?2` the key id, `?3`
-    /// the value, if any), failing with NotFound when there is none; then counts the change.
+    /// the value, if any), failing with NotFound when there is none. Once it commits, the change
+    /// is counted, so every process's cached keys are read again ([`KeyCache`]); on the writer
+    /// thread, so a caller that goes away in between cannot skip it.
     async fn update_key(
         &self,
         sql: &'static str,
@@ -136,25 +134,29 @@ impl SqliteDirectory {
         value: Option<rusqlite::types::Value>,
     ) -> Result<(), StoreError> {
         let (t, k) = (tenant.to_owned(), key_id.to_owned());
-        let updated = self
-            .db
-            .write(move |c| {
-                let n = match value {
-                    Some(v) => c.execute(sql, params![t, k, v])?,
-                    None => c.execute(sql, params![t, k])?,
-                };
-                if n == 0 {
-                    return Err(StoreError::NotFound(format!(
-                        "no active key {k} for tenant {t}"
-                    )));
-                }
-                Ok(())
-            })
-            .await;
-        // Whatever the answer: a write that failed changed nothing, and reading keys again
-        // costs only a lookup.
-        self.keys_changed();
-        updated
+        let epoch = self.keys.as_ref().map(|c| c.epoch.clone());
+        let counted = move || {
+            if let Some(e) = epoch {
+                e.bump();
+            }
+        };
+        self.db
+            .write_then(
+                move |c| {
+                    let n = match value {
+                        Some(v) => c.execute(sql, params![t, k, v])?,
+                        None => c.execute(sql, params![t, k])?,
+                    };
+                    if n == 0 {
+                        return Err(StoreError::NotFound(format!(
+                            "no active key {k} for tenant {t}"
+                        )));
+                    }
+                    Ok(())
+                },
+                counted,
+            )
+            .await
     }
 
     /// Reads the key whose digest is `key_hash` from the database.
@@ -533,7 +535,10 @@ mod tests {
         let lookup = || async { serve.key_by_hash(&hash).await.unwrap().unwrap() };
 
         let first = lookup().await;
-        assert_eq!(first.webhook_secrets, [issued.webhook_secret.clone()]);
+        assert_eq!(
+            first.webhook_secrets,
+            std::slice::from_ref(&issued.webhook_secret)
+        );
         assert!(!first.revoked);
 
         // By hand, past the counter: the cached key is still what is used.
@@ -564,6 +569,28 @@ mod tests {
 
         cli.revoke_key("acme", &issued.key_id).await.unwrap();
         assert!(lookup().await.revoked);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The change is counted by the writer once it commits, not by the caller: a revoke whose
+    /// caller goes away while it is queued (a dropped request, a timeout) still reaches every
+    /// cache.
+    #[tokio::test]
+    async fn a_change_is_counted_even_when_its_caller_goes_away() {
+        let dir = super::super::tests::tempdir();
+        let path = dir.join("c.db");
+        let serve =
+            SqliteDirectory::with_key_ttl(Db::open(&path).unwrap(), Duration::from_secs(3600));
+        let issued = serve.create_key("acme", "k").await.unwrap();
+        let hash = hash_api_key(&issued.api_key);
+        assert!(!serve.key_by_hash(&hash).await.unwrap().unwrap().revoked);
+        let epoch = serve.keys.as_ref().unwrap().epoch.clone();
+        let before = epoch.current();
+        // Polled once (which queues the write), then dropped.
+        let _ =
+            tokio::time::timeout(Duration::ZERO, serve.revoke_key("acme", &issued.key_id)).await;
+        crate::sqlite::tests::wait_until("the revoke to be counted", || epoch.current() > before);
+        assert!(serve.key_by_hash(&hash).await.unwrap().unwrap().revoked);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,10 +31,12 @@ unsafe impl Sync for KeyEpoch {}
 const SIZE: usize = std::mem::size_of::<AtomicU64>();
 
 impl KeyEpoch {
-    /// Maps the counter of the database at `db_path`, creating its file (readable by its owner
-    /// only) if needed.
+    /// Maps the counter of the database at `db_path` (which exists), creating its file
+    /// (readable by its owner only) if needed.
     pub fn open(db_path: &Path) -> std::io::Result<KeyEpoch> {
-        let mut name = db_path.as_os_str().to_owned();
+        // The database's real name, as SQLite resolves it: two processes naming one database
+        // through different links must share one counter.
+        let mut name = std::fs::canonicalize(db_path)?.into_os_string();
         name.push("-keys");
         let file = OpenOptions::new()
             .read(true)
@@ -42,12 +44,26 @@ impl KeyEpoch {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(name)?;
-        // Another process may be doing the same: growing to the same size is harmless, and the
-        // file never shrinks (a mapping past its end would fault).
-        if file.metadata()?.len() < SIZE as u64 {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        // One left readable by others is tightened, as the database's own files are; failing
+        // that (another user's file), it is not used.
+        if meta.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        // Sized without touching what is there (another process may be doing the same, and
+        // may already count), and the file never shrinks: a mapping past its end would fault.
+        // Its block allocated now, where the file system can: a hole would be allocated at the
+        // first count, and on a full disk that faults the process.
+        if meta.len() < SIZE as u64 {
             file.set_len(SIZE as u64)?;
         }
+        // SAFETY: plain system call on an open descriptor; mode 0 allocates, keeps the data.
+        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SIZE as libc::off_t) };
         // SAFETY: a shared mapping of the file's first bytes, which exist (above); the kernel
         // aligns it to a page, so to the atomic's alignment.
         let p = unsafe {
@@ -99,6 +115,7 @@ mod tests {
     fn two_openers_share_one_counter() {
         let dir = super::super::tests::tempdir();
         let db = dir.join("c.db");
+        std::fs::write(&db, b"").unwrap();
         let a = KeyEpoch::open(&db).unwrap();
         let b = KeyEpoch::open(&db).unwrap();
         let start = a.current();
@@ -108,6 +125,32 @@ mod tests {
         assert_eq!(b.current(), start + 2);
         drop(a);
         assert_eq!(KeyEpoch::open(&db).unwrap().current(), start + 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One database named through a link shares the counter of its real name (SQLite resolves
+    /// the link too), and a counter file that is itself a link is not followed.
+    #[test]
+    fn links_resolve_to_one_counter_and_a_linked_counter_is_refused() {
+        let dir = super::super::tests::tempdir();
+        let db = dir.join("c.db");
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let real = KeyEpoch::open(&db).unwrap();
+        let linked = KeyEpoch::open(&link).unwrap();
+        let start = real.current();
+        linked.bump();
+        assert_eq!(real.current(), start + 1);
+        assert!(!dir.join("link.db-keys").exists());
+
+        let other = dir.join("other.db");
+        std::fs::write(&other, b"").unwrap();
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, b"").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("other.db-keys")).unwrap();
+        assert!(KeyEpoch::open(&other).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

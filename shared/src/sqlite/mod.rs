@@ -170,6 +170,8 @@ struct TypedJob<T, F> {
     guarded: bool,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    /// Runs on the writer once the commit stands, before the reply ([`Db::write_then`]).
+    after: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<T, F> WriteJob for TypedJob<T, F>
@@ -189,7 +191,10 @@ where
         self.guarded
     }
 
-    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+    fn finish(mut self: Box<Self>, commit: Result<(), StoreError>) {
+        if let (Ok(()), Some(after)) = (&commit, self.after.take()) {
+            after();
+        }
         let reply = match (commit, self.result) {
             (Err(e), Some(Ok(_))) => Err(e),
             (_, Some(r)) => r,
@@ -495,7 +500,7 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(f, true).await
+        self.submit(f, true, None).await
     }
 
     /// Like [`Db::write`], without the savepoint, for jobs that fail, if ever, before their
@@ -510,10 +515,36 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(f, false).await
+        self.submit(f, false, None).await
     }
 
-    async fn submit<T, F>(&self, f: F, guarded: bool) -> Result<T, StoreError>
+    /// Like [`Db::write`], then runs `after` on the writer thread once the commit stands (not
+    /// if it fails), before the caller hears of it: so it runs even if the caller has gone
+    /// away meanwhile (a dropped request, a timeout). Not from inside a write job, whose commit
+    /// is its transaction's.
+    pub async fn write_then<T, F>(
+        &self,
+        f: F,
+        after: impl FnOnce() + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if on_writer() {
+            return Err(StoreError::Unavailable(
+                "write_then inside a write job".into(),
+            ));
+        }
+        self.submit(f, true, Some(Box::new(after))).await
+    }
+
+    async fn submit<T, F>(
+        &self,
+        f: F,
+        guarded: bool,
+        after: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -530,6 +561,7 @@ impl Db {
             guarded,
             result: None,
             reply,
+            after,
         });
         {
             let guard = self.inner.writer.lock().expect("writer lock");
@@ -1193,5 +1225,17 @@ mod tests {
             std::env::temp_dir().join(format!("causeflow-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Waits until `check` holds, for what another thread (the writer) does; fails after 10 s.
+    pub(crate) fn wait_until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 10 s for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
