@@ -586,9 +586,24 @@ mod tests {
         assert!(!serve.key_by_hash(&hash).await.unwrap().unwrap().revoked);
         let epoch = serve.keys.as_ref().unwrap().epoch.clone();
         let before = epoch.current();
-        // Polled once (which queues the write), then dropped.
-        let _ =
-            tokio::time::timeout(Duration::ZERO, serve.revoke_key("acme", &issued.key_id)).await;
+        // The writer is held in a job of its own, so the revoke queued behind it is still
+        // waiting when its caller drops it.
+        let (entered, has_entered) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut blocker = Box::pin(serve.db.write(move |_| {
+            entered.send(()).unwrap();
+            released.recv().unwrap();
+            Ok(())
+        }));
+        assert!(blocker.as_mut().poll(&mut cx).is_pending());
+        has_entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let mut revoke = Box::pin(serve.revoke_key("acme", &issued.key_id));
+        assert!(revoke.as_mut().poll(&mut cx).is_pending());
+        drop(revoke);
+        release.send(()).unwrap();
+        blocker.await.unwrap();
         crate::sqlite::tests::wait_until("the revoke to be counted", || epoch.current() > before);
         assert!(serve.key_by_hash(&hash).await.unwrap().unwrap().revoked);
         let _ = std::fs::remove_dir_all(&dir);
