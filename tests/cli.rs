@@ -44,6 +44,18 @@ fn serve(db: &Path, extra: &[&str]) -> (Child, String, String) {
     serve_with(db, extra, false)
 }
 
+/// `causeflow serve` on a free loopback port, without rate limits, logging warnings only: for
+/// the caller to set its output up and start.
+fn serve_command(db: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
+        .arg("--db")
+        .arg(db)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// A pseudo-terminal: the end to read, and the end to give the child as its stdout.
 fn pty() -> (std::fs::File, Stdio) {
     use std::os::fd::{FromRawFd, OwnedFd};
@@ -70,13 +82,8 @@ fn pty() -> (std::fs::File, Stdio) {
 /// Like [`serve`], with stdout on a terminal (as a user starting it by hand) when `tty`.
 #[allow(clippy::zombie_processes)]
 fn serve_with(db: &Path, extra: &[&str], tty: bool) -> (Child, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--addr", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--db")
-        .arg(db)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null());
+    let mut cmd = serve_command(db, extra);
+    cmd.stderr(Stdio::null());
     let (child, reader): (Child, Box<dyn std::io::Read + Send>) = if tty {
         let (master, slave) = pty();
         let child = cmd.stdout(slave).spawn().unwrap();
@@ -320,20 +327,8 @@ fn settings_that_cannot_work_are_refused_at_start() {
 #[allow(clippy::zombie_processes)]
 fn serve_with_fd_limit(db: &Path, soft: u64, hard: u64, extra: &[&str]) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--rate-limit",
-        "0",
-        "--db",
-    ])
-    .arg(db)
-    .args(extra)
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = serve_command(db, extra);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
     unsafe {
         cmd.pre_exec(move || {
@@ -746,11 +741,7 @@ async fn acknowledged_alerts_survive_sigkill_and_get_triaged() {
 /// the address it listens on.
 #[allow(clippy::zombie_processes)]
 fn serve_logging_to(db: &Path, log: &Path, level: &str, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--db")
-        .arg(db)
+    let mut child = serve_command(db, extra)
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())

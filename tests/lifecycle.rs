@@ -217,7 +217,6 @@ fn triage_down(like: &str) -> String {
     )
 }
 
-/// Puts `body` on the embedded queue, visible now, as received `receives` times already.
 /// The most receives of a queued message whose body mentions `text`; `None` if none is queued.
 async fn receives(app: &Embedded, text: &str) -> Option<i64> {
     let like = format!("%{text}%");
@@ -233,6 +232,7 @@ async fn receives(app: &Embedded, text: &str) -> Option<i64> {
         .unwrap()
 }
 
+/// Puts `body` on the embedded queue, visible now, as received `receives` times already.
 async fn enqueue(app: &Embedded, body: &str, receives: i64) {
     let body = body.to_owned();
     app.db

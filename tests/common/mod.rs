@@ -18,7 +18,6 @@ use causeflow_shared::ports::KeyAdmin;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// A fresh, empty directory under the system temp dir.
 /// Polls `check` until it gives a value, failing the test with `what` after 10 s: a state
 /// waited for, with a bound so a broken server fails instead of hanging the suite.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
@@ -36,6 +35,7 @@ where
     }
 }
 
+/// A fresh, empty directory under the system temp dir.
 pub fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("causeflow-it-{}", uuid_like()));
     std::fs::create_dir_all(&d).unwrap();

@@ -518,16 +518,27 @@ mod tests {
     use super::*;
     use crate::auth::hash_api_key;
 
+    /// A new directory, and the path of a database in it (not created yet).
+    fn fresh() -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = super::super::tests::tempdir();
+        let path = dir.join("c.db");
+        (dir, path)
+    }
+
+    /// The keys of the database at `path`, cached for an hour: only the change counter can
+    /// make a cached key be read again within a test.
+    fn cached_for_an_hour(path: &std::path::Path) -> SqliteDirectory {
+        SqliteDirectory::with_key_ttl(Db::open(path).unwrap(), Duration::from_secs(3600))
+    }
+
     /// `serve` caches a key; `causeflow keys …` (another process, here another opening of the
     /// file with its own mapping of the counter) changes it; `serve`'s next lookup sees the
     /// change. The cache's age limit is an hour here, so only the counter can make that happen,
     /// and a change made by hand, without it, is indeed not seen: the key was cached.
     #[tokio::test]
     async fn a_key_changed_by_another_process_applies_to_the_next_lookup() {
-        let dir = super::super::tests::tempdir();
-        let path = dir.join("c.db");
-        let serve =
-            SqliteDirectory::with_key_ttl(Db::open(&path).unwrap(), Duration::from_secs(3600));
+        let (dir, path) = fresh();
+        let serve = cached_for_an_hour(&path);
         let cli_db = Db::open(&path).unwrap();
         let cli = SqliteDirectory::new(cli_db.clone());
         let issued = cli.create_key("acme", "k").await.unwrap();
@@ -542,11 +553,29 @@ mod tests {
         assert!(!first.revoked);
 
         // By hand, past the counter: the cached key is still what is used.
-        cli_db
-            .write(move |c| Ok(c.execute("UPDATE api_keys SET name = 'renamed'", [])?))
-            .await
-            .unwrap();
+        let rename = |name: &'static str| {
+            let db = cli_db.clone();
+            async move {
+                db.write(move |c| Ok(c.execute("UPDATE api_keys SET name = ?1", [name])?))
+                    .await
+                    .unwrap();
+            }
+        };
+        rename("renamed").await;
         assert_eq!(lookup().await.name, "k");
+        // Such a change applies once a cached key is older than the age limit (1 s in
+        // `serve`; none at all here).
+        let unaged = SqliteDirectory::with_key_ttl(Db::open(&path).unwrap(), Duration::ZERO);
+        assert_eq!(
+            unaged.key_by_hash(&hash).await.unwrap().unwrap().name,
+            "renamed"
+        );
+        rename("by hand").await;
+        assert_eq!(
+            unaged.key_by_hash(&hash).await.unwrap().unwrap().name,
+            "by hand"
+        );
+        rename("renamed").await;
 
         let rotated = cli.rotate_secret("acme", &issued.key_id).await.unwrap();
         let seen = lookup().await;
@@ -577,10 +606,8 @@ mod tests {
     /// cache.
     #[tokio::test]
     async fn a_change_is_counted_even_when_its_caller_goes_away() {
-        let dir = super::super::tests::tempdir();
-        let path = dir.join("c.db");
-        let serve =
-            SqliteDirectory::with_key_ttl(Db::open(&path).unwrap(), Duration::from_secs(3600));
+        let (dir, path) = fresh();
+        let serve = cached_for_an_hour(&path);
         let issued = serve.create_key("acme", "k").await.unwrap();
         let hash = hash_api_key(&issued.api_key);
         assert!(!serve.key_by_hash(&hash).await.unwrap().unwrap().revoked);
@@ -613,10 +640,8 @@ mod tests {
     /// created after a failed lookup is found at once.
     #[tokio::test]
     async fn unknown_keys_are_looked_up_every_time() {
-        let dir = super::super::tests::tempdir();
-        let path = dir.join("c.db");
-        let dirs =
-            SqliteDirectory::with_key_ttl(Db::open(&path).unwrap(), Duration::from_secs(3600));
+        let (dir, path) = fresh();
+        let dirs = cached_for_an_hour(&path);
         let issued = crate::auth::issue_key();
         let hash = hash_api_key(&issued.api_key);
         assert!(dirs.key_by_hash(&hash).await.unwrap().is_none());

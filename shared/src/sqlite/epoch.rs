@@ -151,6 +151,16 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.join("other.db-keys")).unwrap();
         assert!(KeyEpoch::open(&other).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"");
+
+        // One left readable by others is tightened to its owner, as the database's files are.
+        let loose = dir.join("loose.db");
+        std::fs::write(&loose, b"").unwrap();
+        let counter = dir.join("loose.db-keys");
+        std::fs::write(&counter, b"").unwrap();
+        std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o644)).unwrap();
+        KeyEpoch::open(&loose).unwrap();
+        let mode = std::fs::metadata(&counter).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

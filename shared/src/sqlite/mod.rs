@@ -253,15 +253,17 @@ struct Inner {
 
 #[cfg(unix)]
 use epoch::KeyEpoch;
-/// Where the counter cannot be mapped there is none ([`Db::key_epoch`]).
+/// Where the counter cannot be mapped there is none ([`Db::key_epoch`] is always `None`).
 #[cfg(not(unix))]
-pub struct KeyEpoch;
+enum KeyEpoch {}
 #[cfg(not(unix))]
 impl KeyEpoch {
     fn current(&self) -> u64 {
-        0
+        match *self {}
     }
-    fn bump(&self) {}
+    fn bump(&self) {
+        match *self {}
+    }
 }
 
 /// The hand-over between the checkpoint thread and the writer that lets the WAL start over
@@ -319,14 +321,6 @@ fn open_writer_connection(path: &Path) -> Result<Connection, StoreError> {
     };
     #[cfg(not(unix))]
     let conn = open_connection(path)?;
-    // The VFS relies on it: with FULL, SQLite syncs a commit's frames (which writes them)
-    // before other connections can see them.
-    let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
-    if sync < 2 {
-        return Err(StoreError::Unavailable(format!(
-            "the writer needs synchronous=FULL, has {sync}"
-        )));
-    }
     Ok(conn)
 }
 
@@ -334,6 +328,8 @@ fn configure(conn: Connection) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     // WAL: readers never block the writer; FULL: a commit is on disk before it returns.
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The writer's VFS relies on it too: with FULL, SQLite syncs a commit's frames (which
+    // writes them) before other connections can see them (`the_writer_syncs_every_commit`).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -1207,6 +1203,19 @@ mod tests {
         db.remove_pre_commit();
         assert!(job(&db, "f", true, true, false).await.is_err());
         assert_eq!(seen.lock().unwrap().len(), 2);
+        db.close();
+    }
+
+    /// The writer's commits are synced before they return, which its VFS relies on (a commit's
+    /// frames are written at that sync, before other connections can see them).
+    #[tokio::test]
+    async fn the_writer_syncs_every_commit() {
+        let db = Db::open(tempdir().join("t.db")).unwrap();
+        let level: i64 = db
+            .write(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(level, 2, "synchronous=FULL");
         db.close();
     }
 

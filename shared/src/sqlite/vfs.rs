@@ -11,7 +11,7 @@
 //! Why it is safe:
 //! - Nothing gathered is read before it is written. Other connections only read frames that
 //!   the WAL index publishes, and SQLite publishes a commit's frames after syncing them when
-//!   `synchronous` is FULL, which [`super::Db::open`] checks for the writer. This connection's
+//!   `synchronous` is FULL, which the writer is opened with (a test pins it). This connection's
 //!   own reads of the WAL write what is gathered first.
 //! - Durability is unchanged. Every gathered byte is written before the fsync that makes its
 //!   commit durable, and a failed write fails that sync, so SQLite fails the commit.
@@ -519,11 +519,16 @@ static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 mod tests {
     use super::*;
     use rusqlite::{Connection, OpenFlags};
+    use std::path::PathBuf;
 
-    fn writer(path: &std::path::Path) -> Connection {
+    /// A new directory, the path of a database in it, and a writer on that database through
+    /// this VFS, with a 64 KiB cache and no automatic checkpoints.
+    fn new_writer() -> (PathBuf, PathBuf, Connection) {
+        let d = super::super::tests::tempdir();
+        let path = d.join("t.db");
         register().unwrap();
         let c = Connection::open_with_flags_and_vfs(
-            path,
+            &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
             NAME,
         )
@@ -533,13 +538,7 @@ mod tests {
              PRAGMA cache_size=-64;",
         )
         .unwrap();
-        c
-    }
-
-    fn dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("causeflow-vfs-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        (d, path, c)
     }
 
     /// Commits are gathered into far fewer writes than SQLite makes, and every commit is
@@ -548,9 +547,7 @@ mod tests {
     /// cache (frames written before the commit, and read back).
     #[test]
     fn gathered_commits_are_whole_for_every_reader() {
-        let d = dir();
-        let path = d.join("t.db");
-        let w = writer(&path);
+        let (d, path, w) = new_writer();
         w.execute_batch(
             "PRAGMA journal_size_limit=65536;
              CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v BLOB)",
@@ -614,9 +611,7 @@ mod tests {
     /// covers a rollback that reads nothing, which this test cannot arrange.)
     #[test]
     fn frames_of_a_rolled_back_transaction_are_never_written() {
-        let d = dir();
-        let path = d.join("t.db");
-        let w = writer(&path);
+        let (d, path, w) = new_writer();
         w.execute_batch("CREATE TABLE t(n INTEGER, x BLOB)")
             .unwrap();
         let other = Connection::open(&path).unwrap();
@@ -661,9 +656,7 @@ mod tests {
     /// gathered bytes were written before the sync.
     #[test]
     fn a_commit_is_on_disk_when_it_returns() {
-        let d = dir();
-        let path = d.join("t.db");
-        let w = writer(&path);
+        let (d, path, w) = new_writer();
         w.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('kept');")
             .unwrap();
         // Read the files as they are on disk, as a new process would after a crash: a copy of
