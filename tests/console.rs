@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -728,7 +729,7 @@ async fn duplicates_are_counted_and_the_incidents_page_filters_and_pages() {
 // ---------------------------------------------------------------------------------------------
 // In a real browser.
 
-/// chromedriver on a free loopback port, stopped on drop.
+/// chromedriver on a free loopback port, stopped on drop with every browser it started.
 struct Driver {
     child: Child,
     url: String,
@@ -736,7 +737,11 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The whole process group: a test that fails before closing its session would
+        // otherwise leave its chromium running.
+        // SAFETY: signals the group chromedriver leads (`process_group(0)` at spawn), which
+        // holds only it and the browsers it started.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -756,6 +761,10 @@ async fn driver() -> Driver {
         .arg(format!("--port={port}"))
         // A time zone far from UTC, so the test can see times shown in the viewer's zone.
         .env("TZ", "Asia/Kolkata")
+        // Chromium's profiles and scratch files, which a killed browser leaves behind, go
+        // where the test's own files go and leave with them.
+        .env("TMPDIR", common::tempdir())
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -72,10 +72,7 @@ async fn local_stack_runs_the_lambda_functions_and_stops_on_ctrl_c() {
     }
     let ports: Vec<u16> = ports.into_iter().collect();
     let (moto, ingest, triage) = (ports[0], ports[1], ports[2]);
-    let state = std::env::temp_dir().join(format!(
-        "causeflow-local-stack-{}-{moto}",
-        std::process::id()
-    ));
+    let state = causeflow_shared::testing::tempdir().join("local-stack");
     let state_dir = state.to_str().unwrap().to_owned();
     let mut command = Command::new(format!("{ROOT}/scripts/local-stack"));
     command

@@ -24,6 +24,8 @@ pub mod sns;
 #[cfg(feature = "embedded")]
 pub mod sqlite;
 pub mod telemetry;
+#[cfg(all(unix, feature = "embedded", any(test, feature = "test-support")))]
+pub mod testing;
 pub mod triage;
 pub mod validate;
 

@@ -6,7 +6,6 @@
 pub mod aws;
 pub mod sns_signing;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use causeflow_shared::auth::sign;
@@ -35,23 +34,9 @@ where
     }
 }
 
-/// A fresh, empty directory under the system temp dir.
-pub fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("causeflow-it-{}", uuid_like()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst),
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-    )
-}
+/// A fresh, empty directory, removed when the test process exits
+/// ([`causeflow_shared::testing`]).
+pub use causeflow_shared::testing::tempdir;
 
 /// A running server with one tenant and key.
 pub struct Server {

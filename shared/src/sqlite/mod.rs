@@ -1229,12 +1229,7 @@ mod tests {
         db
     }
 
-    pub(crate) fn tempdir() -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("causeflow-test-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    pub(crate) use crate::testing::tempdir;
 
     /// Waits until `check` holds, for what another thread (the writer) does; fails after 10 s.
     pub(crate) fn wait_until(what: &str, check: impl Fn() -> bool) {
