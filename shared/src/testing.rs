@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 const PREFIX: &str = "causeflow-test-";
 
 /// Set: the directories are kept.
-pub const KEEP: &str = "CAUSEFLOW_KEEP_TEST_DIRS";
+const KEEP: &str = "CAUSEFLOW_KEEP_TEST_DIRS";
 
 /// This process's root, once made.
 static ROOT: OnceLock<PathBuf> = OnceLock::new();
@@ -98,6 +98,45 @@ mod tests {
         }
         let root = a.parent().unwrap().file_name().unwrap().to_str().unwrap();
         assert_eq!(root, format!("{PREFIX}{}", std::process::id()));
+    }
+
+    /// What a test process leaves once it exits: nothing, or with `CAUSEFLOW_KEEP_TEST_DIRS`
+    /// set, everything. This test runs itself again as that process (this test binary, with
+    /// only this test), which makes a directory with a file in it and prints its path.
+    #[test]
+    fn a_process_removes_its_directories_when_it_exits() {
+        const CHILD: &str = "CAUSEFLOW_TESTING_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let d = tempdir();
+            std::fs::write(d.join("f"), b"x").unwrap();
+            println!("dir={}", d.display());
+            return;
+        }
+        let run = |keep: bool| -> PathBuf {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child
+                .args([
+                    "--exact",
+                    "testing::tests::a_process_removes_its_directories_when_it_exits",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .env_remove(KEEP);
+            if keep {
+                child.env(KEEP, "1");
+            }
+            let out = child.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{stdout}");
+            let dir = stdout.lines().find_map(|l| l.strip_prefix("dir="));
+            PathBuf::from(dir.unwrap_or_else(|| panic!("no directory printed: {stdout}")))
+        };
+        let gone = run(false);
+        assert!(!gone.exists(), "{} is left", gone.display());
+        assert!(!gone.parent().unwrap().exists(), "its root is left");
+        let kept = run(true);
+        assert!(kept.join("f").exists(), "{} was not kept", kept.display());
+        let _ = std::fs::remove_dir_all(kept.parent().unwrap());
     }
 
     /// A root whose process is gone is removed; one whose process runs (this one), or a name

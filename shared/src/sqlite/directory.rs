@@ -518,11 +518,9 @@ mod tests {
     use super::*;
     use crate::auth::hash_api_key;
 
-    /// A new directory, and the path of a database in it (not created yet).
-    fn fresh() -> (std::path::PathBuf, std::path::PathBuf) {
-        let dir = super::super::tests::tempdir();
-        let path = dir.join("c.db");
-        (dir, path)
+    /// The path of a database in a new directory (not created yet).
+    fn fresh() -> std::path::PathBuf {
+        super::super::tests::tempdir().join("c.db")
     }
 
     /// The keys of the database at `path`, cached for an hour: only the change counter can
@@ -537,7 +535,7 @@ mod tests {
     /// and a change made by hand, without it, is indeed not seen: the key was cached.
     #[tokio::test]
     async fn a_key_changed_by_another_process_applies_to_the_next_lookup() {
-        let (dir, path) = fresh();
+        let path = fresh();
         let serve = cached_for_an_hour(&path);
         let cli_db = Db::open(&path).unwrap();
         let cli = SqliteDirectory::new(cli_db.clone());
@@ -598,7 +596,6 @@ mod tests {
 
         cli.revoke_key("acme", &issued.key_id).await.unwrap();
         assert!(lookup().await.revoked);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The change is counted by the writer once it commits, not by the caller: a revoke whose
@@ -606,7 +603,7 @@ mod tests {
     /// cache.
     #[tokio::test]
     async fn a_change_is_counted_even_when_its_caller_goes_away() {
-        let (dir, path) = fresh();
+        let path = fresh();
         let serve = cached_for_an_hour(&path);
         let issued = serve.create_key("acme", "k").await.unwrap();
         let hash = hash_api_key(&issued.api_key);
@@ -633,14 +630,13 @@ mod tests {
         blocker.await.unwrap();
         crate::sqlite::tests::wait_until("the revoke to be counted", || epoch.current() > before);
         assert!(serve.key_by_hash(&hash).await.unwrap().unwrap().revoked);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Keys that do not exist are not cached: made-up keys cannot grow the cache, and a key
     /// created after a failed lookup is found at once.
     #[tokio::test]
     async fn unknown_keys_are_looked_up_every_time() {
-        let (dir, path) = fresh();
+        let path = fresh();
         let dirs = cached_for_an_hour(&path);
         let issued = crate::auth::issue_key();
         let hash = hash_api_key(&issued.api_key);
@@ -660,6 +656,5 @@ mod tests {
             assert!(dirs.key_by_hash(&made_up).await.unwrap().is_none());
         }
         assert_eq!(dirs.keys.as_ref().unwrap().map.lock().unwrap().len(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -125,7 +125,6 @@ mod tests {
         assert_eq!(b.current(), start + 2);
         drop(a);
         assert_eq!(KeyEpoch::open(&db).unwrap().current(), start + 2);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// One database named through a link shares the counter of its real name (SQLite resolves
@@ -161,6 +160,5 @@ mod tests {
         KeyEpoch::open(&loose).unwrap();
         let mode = std::fs::metadata(&counter).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

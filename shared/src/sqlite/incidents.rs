@@ -454,9 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn incident_pages_walk_an_index_and_never_sort() {
-        let dir = std::env::temp_dir().join(format!("causeflow-plan-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = Db::open(dir.join("plan.db")).unwrap();
+        let db = Db::open(super::super::tests::tempdir().join("plan.db")).unwrap();
         for by_status in [false, true] {
             let plan: Vec<String> = db
                 .read(move |c| {
@@ -472,7 +470,6 @@ mod tests {
             assert!(!plan.iter().any(|l| l.contains("TEMP B-TREE")), "{plan:?}");
         }
         db.close();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A database from before tasks were keyed by incident opens with its tasks intact, in
@@ -562,6 +559,5 @@ mod tests {
         tasks.dispatch_all(&[again]).await.unwrap();
         assert_eq!(tasks.tasks("t", "inc_2").await.unwrap().len(), 1);
         db.close();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -521,11 +521,10 @@ mod tests {
     use rusqlite::{Connection, OpenFlags};
     use std::path::PathBuf;
 
-    /// A new directory, the path of a database in it, and a writer on that database through
-    /// this VFS, with a 64 KiB cache and no automatic checkpoints.
-    fn new_writer() -> (PathBuf, PathBuf, Connection) {
-        let d = super::super::tests::tempdir();
-        let path = d.join("t.db");
+    /// The path of a database in a new directory, and a writer on it through this VFS, with a
+    /// 64 KiB cache and no automatic checkpoints.
+    fn new_writer() -> (PathBuf, Connection) {
+        let path = super::super::tests::tempdir().join("t.db");
         register().unwrap();
         let c = Connection::open_with_flags_and_vfs(
             &path,
@@ -538,7 +537,7 @@ mod tests {
              PRAGMA cache_size=-64;",
         )
         .unwrap();
-        (d, path, c)
+        (path, c)
     }
 
     /// Commits are gathered into far fewer writes than SQLite makes, and every commit is
@@ -547,7 +546,7 @@ mod tests {
     /// cache (frames written before the commit, and read back).
     #[test]
     fn gathered_commits_are_whole_for_every_reader() {
-        let (d, path, w) = new_writer();
+        let (path, w) = new_writer();
         w.execute_batch(
             "PRAGMA journal_size_limit=65536;
              CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v BLOB)",
@@ -601,7 +600,6 @@ mod tests {
             .unwrap();
         assert_eq!(distinct, n);
         drop(r);
-        let _ = std::fs::remove_dir_all(d);
     }
 
     /// A transaction that spilled frames to the WAL and then rolled back leaves nothing to be
@@ -611,7 +609,7 @@ mod tests {
     /// covers a rollback that reads nothing, which this test cannot arrange.)
     #[test]
     fn frames_of_a_rolled_back_transaction_are_never_written() {
-        let (d, path, w) = new_writer();
+        let (path, w) = new_writer();
         w.execute_batch("CREATE TABLE t(n INTEGER, x BLOB)")
             .unwrap();
         let other = Connection::open(&path).unwrap();
@@ -649,18 +647,18 @@ mod tests {
             (301, (1000..1300).sum::<i64>() + 2000, 300)
         );
         drop((w, other, fresh));
-        let _ = std::fs::remove_dir_all(d);
     }
 
     /// A process that dies right after a commit returned leaves that commit in the file: the
     /// gathered bytes were written before the sync.
     #[test]
     fn a_commit_is_on_disk_when_it_returns() {
-        let (d, path, w) = new_writer();
+        let (path, w) = new_writer();
         w.execute_batch("CREATE TABLE t(x TEXT); INSERT INTO t VALUES ('kept');")
             .unwrap();
         // Read the files as they are on disk, as a new process would after a crash: a copy of
         // the database and its WAL, with the writer still open (nothing checkpointed).
+        let d = path.parent().unwrap();
         let copy = d.join("copy.db");
         std::fs::copy(&path, &copy).unwrap();
         std::fs::copy(d.join("t.db-wal"), d.join("copy.db-wal")).unwrap();
@@ -668,6 +666,5 @@ mod tests {
         let x: String = c.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(x, "kept");
         drop((w, c));
-        let _ = std::fs::remove_dir_all(d);
     }
 }
