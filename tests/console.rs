@@ -966,6 +966,14 @@ async fn the_whole_journey_in_a_real_browser() {
     b.goto(&format!("{}/console/t/acme/keys", s.base))
         .await
         .unwrap();
+    // Waits for the page that lists the key, rather than reading whatever is shown when
+    // `goto` returns: under load, a run once found neither the key nor the secret there.
+    until(
+        "the keys page listing the new key",
+        Duration::from_secs(10),
+        || async { b.source().await.is_ok_and(|h| h.contains("browser")) },
+    )
+    .await;
     let html = b.source().await.unwrap();
     assert!(
         !html.contains(&api_key) && !html.contains(&secret),
